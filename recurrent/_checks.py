@@ -1,0 +1,104 @@
+"""Input validation, in Python, before anything is traced: each error names the argument,
+what it got and what was expected."""
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recurrent import dropout as _dropout
+
+
+def _shape(x) -> tuple:
+  return tuple(np.shape(x))
+
+
+def floating(name: str, x) -> None:
+  dtype = jnp.result_type(x)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+        f"{name} has dtype {dtype}; expected a floating dtype (float32, bfloat16, float64)."
+        " Embed integer tokens first, e.g. with an embedding table."
+    )
+
+
+def rate(name: str, value) -> None:
+  if isinstance(value, jax.core.Tracer) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{name} must be a Python float in [0, 1), got {value!r}")
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def sequence(name: str, xs, time_major: bool) -> tuple:
+  """Checks ``xs`` and returns ``(batch_shape, T, I)``."""
+  if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
+    raise TypeError(f"{name} must be an array, got {type(xs).__name__}")
+  floating(name, xs)
+  if xs.ndim < 2:
+    layout = "[T, B..., I]" if time_major else "[B..., T, I]"
+    raise ValueError(f"{name} must have shape {layout} (at least [T, I]), got shape {xs.shape}")
+  if time_major:
+    return tuple(xs.shape[1:-1]), xs.shape[0], xs.shape[-1]
+  return tuple(xs.shape[:-2]), xs.shape[-2], xs.shape[-1]
+
+
+def features(name: str, got: int, expected: int) -> None:
+  if got != expected:
+    raise ValueError(f"{name} has feature size {got} but params expect input_size {expected}")
+
+
+def keys(key, name: str, batch_shape: tuple):
+  """A typed key array of shape ``batch_shape``, one key per sequence."""
+  if key is None:
+    raise ValueError(
+        f"dropout is on but {name} is None: pass one PRNG key per sequence"
+        " (recurrent.sequence_keys(key, example_ids)), or deterministic=True"
+    )
+  try:
+    key = _dropout.as_key_array(jnp.asarray(key) if not hasattr(key, "dtype") else key)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{name} must be a PRNG key array, got {key!r}") from e
+  if key.shape != tuple(batch_shape):
+    raise ValueError(
+        f"{name} has shape {key.shape}; expected one key per sequence, shape"
+        f" {tuple(batch_shape)}. Make them with recurrent.sequence_keys(key, example_ids)"
+        " so each sequence's masks do not depend on the batch"
+    )
+  return key
+
+
+def seq_lengths(lengths, batch_shape: tuple, num_steps: int):
+  if lengths is None:
+    return None
+  lengths = lengths if hasattr(lengths, "dtype") else np.asarray(lengths)
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise TypeError(f"seq_lengths must be integers, got dtype {lengths.dtype}")
+  if _shape(lengths) != tuple(batch_shape):
+    raise ValueError(
+        f"seq_lengths has shape {_shape(lengths)}; expected the batch shape"
+        f" {tuple(batch_shape)} of xs"
+    )
+  if not isinstance(lengths, jax.core.Tracer):
+    values = np.asarray(lengths)
+    if values.size and (values.min() < 0 or values.max() > num_steps):
+      raise ValueError(
+          f"seq_lengths must be in [0, {num_steps}] (the number of time steps), got values"
+          f" from {values.min()} to {values.max()}"
+      )
+  return jnp.asarray(lengths)
+
+
+def carry(name: str, given, expected) -> None:
+  """``given`` must have the tree structure and the leaf shapes of ``expected``."""
+  given_leaves, given_tree = jax.tree.flatten(given)
+  expected_leaves, expected_tree = jax.tree.flatten(expected)
+  if given_tree != expected_tree:
+    raise ValueError(f"{name} has structure {given_tree}; expected {expected_tree}")
+  for g, e in zip(given_leaves, expected_leaves):
+    if _shape(g) != _shape(e):
+      raise ValueError(
+          f"{name} has leaves of shape {_shape(g)}; expected {_shape(e)}"
+          " (batch shape of xs + (hidden_size,))"
+      )
+    floating(name, g)

@@ -1,0 +1,105 @@
+"""The cell interface shared by every recurrent cell, and the numerics they share.
+
+Shape legend: B batch (any number of leading dims, or none), T time, I input size,
+H hidden size, G number of gates (4 for LSTM, 3 for GRU).
+
+A cell is a :class:`Cell`: a bundle of pure functions whose hyper-parameters live in the
+closure of its factory (``recurrent.lstm(hidden_size)``, ``recurrent.gru(hidden_size)``).
+A step is split in two so a driver can hoist the input half out of the time loop:
+
+* ``project(params, x, mask=None)``: the input projection ``x @ w_ih + bias`` for any
+  number of steps at once, ``x [..., I] -> tuple of G arrays [..., H]``;
+* ``recur(params, carry, xp, mask=None)``: the recurrent half of one step,
+  ``-> (carry, h, gates)``.
+
+``step(params, carry, x)`` composes the two, with the ``lax.scan`` signature
+``-> (carry, h)``.
+"""
+
+from typing import Any, Callable, NamedTuple, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+# A dropout mask for a cell: one array shared by all gates, or a tuple of G arrays (untied).
+Mask = Union[None, Array, Sequence[Array]]
+
+
+class Cell(NamedTuple):
+  """A recurrent cell as pure functions (see the module docstring).
+
+  Attributes:
+    init: ``init(key, input_size) -> params``, a named pytree of fused gate weights.
+    initial_carry: ``initial_carry(batch_shape=(), dtype=None) -> carry``, zeros.
+    project: ``project(params, x, mask=None) -> xp``; ``x [..., I]``, ``xp`` a tuple of
+      G arrays ``[..., H]``; ``mask`` multiplies ``x`` (broadcast to it), or is a tuple of
+      G masks, one per gate.
+    recur: ``recur(params, carry, xp_t, mask=None) -> (carry, h, gates)``; ``mask``
+      multiplies ``h_{t-1}`` where it feeds the recurrent matmul (one array or G of them).
+    step: ``step(params, carry, x) -> (carry, h)``, ``x [..., I]``, ``h [..., H]``.
+    hidden_size: H.
+    num_gates: G.
+    name: ``'lstm'`` or ``'gru'``.
+  """
+
+  init: Callable[..., Any]
+  initial_carry: Callable[..., Any]
+  project: Callable[..., Any]
+  recur: Callable[..., Any]
+  step: Callable[..., Any]
+  hidden_size: int
+  num_gates: int
+  name: str
+
+
+def dot(x: Array, w: Array, dtype) -> Array:
+  """``x @ w`` with operands cast to ``dtype`` and the result in ``w``'s dtype.
+
+  With ``dtype=jnp.bfloat16`` and float32 params this is a bf16 matmul accumulating in
+  float32, so the gate math and the cell state stay in float32.
+  """
+  dtype = w.dtype if dtype is None else dtype
+  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=w.dtype)
+
+
+def add_bias(y: Array, b: Array) -> Array:
+  """``y [..., N] + b [N]`` with explicit broadcasting (works under strict rank promotion)."""
+  return y + jnp.reshape(b, (1,) * (y.ndim - 1) + (-1,))
+
+
+def gate_split(y: Array, num_gates: int) -> tuple:
+  """``[..., G*H] -> tuple of G arrays [..., H]``."""
+  return tuple(jnp.split(y, num_gates, axis=-1))
+
+
+def gate_columns(w: Array, num_gates: int) -> tuple:
+  """``[N, G*H] -> tuple of G arrays [N, H]`` (the columns of each gate)."""
+  return tuple(jnp.split(w, num_gates, axis=-1))
+
+
+def masked_gate_dot(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tuple:
+  """Per-gate pre-activations ``(x * mask) @ w`` as a tuple of G arrays ``[..., H]``.
+
+  A single mask (or none) gives one fused matmul; a tuple of G masks gives one matmul per
+  gate, each with its own mask (Gal & Ghahramani's untied variant).
+  """
+  if mask is None:
+    return gate_split(dot(x, w, dtype), num_gates)
+  if isinstance(mask, (tuple, list)):
+    return tuple(
+        dot(x * m.astype(x.dtype), wg, dtype)
+        for m, wg in zip(mask, gate_columns(w, num_gates))
+    )
+  return gate_split(dot(x * mask.astype(x.dtype), w, dtype), num_gates)
+
+
+def orthogonal_blocks(init, key, hidden_size: int, num_gates: int, dtype) -> Array:
+  """``[H, G*H]``: each gate's ``[H, H]`` block drawn on its own from ``init``."""
+  keys = jax.random.split(key, num_gates)
+  return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+
+
+def zeros_carry(fields: int, hidden_size: int, batch_shape, dtype) -> tuple:
+  batch_shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
+  return tuple(jnp.zeros(batch_shape + (hidden_size,), dtype) for _ in range(fields))

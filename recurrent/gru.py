@@ -1,0 +1,142 @@
+"""The GRU cell (Cho et al. 2014), in its reset-after and reset-before forms.
+
+Shape legend: B batch (any leading dims, or none), T time, I input size, H hidden size.
+
+Equations, gate order ``r, z, n`` (PyTorch's order)::
+
+    r = sigmoid(x W_ir + b_ir + h W_hr + b_hr)        reset gate
+    z = sigmoid(x W_iz + b_iz + h W_hz + b_hz)        update gate
+    reset-after:  n = tanh(x W_in + b_in + r * (h W_hn + b_hn))
+    reset-before: n = tanh(x W_in + b_in + (r * h) W_hn + b_hn)
+    h' = (1 - z) * n + z * h
+
+Reset-after is what PyTorch ``nn.GRU``, cuDNN, Keras (``reset_after=True``, its default)
+and Flax ``GRUCell`` compute. Reset-before is the form of Cho et al. 2014 and of Keras
+with ``reset_after=False``; only the NumPy reference in the tests checks it.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from recurrent import cell as _cell
+
+Array = jax.Array
+
+
+class GRUParams(NamedTuple):
+  """Fused GRU weights, gates in order ``r, z, n``.
+
+  Attributes:
+    w_ih: ``[I, 3H]`` input weights.
+    w_hh: ``[H, 3H]`` recurrent weights.
+    b_ih: ``[3H]`` input bias.
+    b_hh: ``[3H]`` recurrent bias; its ``n`` third ``b_hn`` sits inside ``r * (...)`` in
+      the reset-after form, which is why the two biases are kept apart.
+  """
+
+  w_ih: Array
+  w_hh: Array
+  b_ih: Array
+  b_hh: Array
+
+
+class GRUState(NamedTuple):
+  """GRU carry: the hidden state ``h [..., H]``."""
+
+  h: Array
+
+
+class GRUGates(NamedTuple):
+  """Gate activations of one step, each ``[..., H]``: reset, update, candidate."""
+
+  r: Array
+  z: Array
+  n: Array
+
+
+def gru(
+    hidden_size: int,
+    *,
+    reset_after: bool = True,
+    kernel_init=jax.nn.initializers.glorot_uniform(),
+    recurrent_init=jax.nn.initializers.orthogonal(),
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> _cell.Cell:
+  """A GRU cell as pure functions.
+
+  Args:
+    hidden_size: H.
+    reset_after: True (default) for the reset-after form of PyTorch, cuDNN, Keras and
+      Flax; False for the reset-before form of Cho et al. 2014.
+    kernel_init: initialiser of ``w_ih [I, 3H]``; Glorot uniform by default (Keras).
+    recurrent_init: initialiser of each gate's ``[H, H]`` block of ``w_hh``; orthogonal.
+      Biases start at zero.
+    dtype: matmul operand dtype (e.g. ``jnp.bfloat16``); gate math and the carry stay in
+      ``param_dtype``, outputs are cast to ``dtype`` when it is given.
+    param_dtype: dtype of the params and of the carry.
+
+  Returns:
+    A :class:`recurrent.Cell`; params are :class:`GRUParams`, the carry a
+    :class:`GRUState`, the gates :class:`GRUGates`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, recurrent
+    >>> cell = recurrent.gru(8, reset_after=False)
+    >>> params = cell.init(jax.random.key(0), 3)
+    >>> carry, h = cell.step(params, cell.initial_carry(), jnp.ones((3,)))
+    >>> h.shape
+    (8,)
+  """
+  hs = hidden_size
+
+  def init(key, input_size: int) -> GRUParams:
+    k_ih, k_hh = jax.random.split(key)
+    return GRUParams(
+        w_ih=kernel_init(k_ih, (input_size, 3 * hs), param_dtype),
+        w_hh=_cell.orthogonal_blocks(recurrent_init, k_hh, hs, 3, param_dtype),
+        b_ih=jnp.zeros((3 * hs,), param_dtype),
+        b_hh=jnp.zeros((3 * hs,), param_dtype),
+    )
+
+  def initial_carry(batch_shape=(), dtype=None) -> GRUState:
+    return GRUState(*_cell.zeros_carry(1, hs, batch_shape, dtype or param_dtype))
+
+  def project(params: GRUParams, x, mask=None) -> tuple:
+    # Every bias that is not multiplied by r is folded into the hoisted projection.
+    b_hr, b_hz, b_hn = jnp.split(params.b_hh, 3)
+    b_ir, b_iz, b_in = jnp.split(params.b_ih, 3)
+    b_n = b_in if reset_after else b_in + b_hn
+    pre = _cell.masked_gate_dot(x, params.w_ih, mask, 3, dtype)
+    return tuple(_cell.add_bias(p, b) for p, b in zip(pre, (b_ir + b_hr, b_iz + b_hz, b_n)))
+
+  def recur(params: GRUParams, carry: GRUState, xp, mask=None):
+    h = carry.h
+    x_r, x_z, x_n = xp
+    w_hr, w_hz, w_hn = _cell.gate_columns(params.w_hh, 3)
+    masks = mask if isinstance(mask, (tuple, list)) else (mask,) * 3
+    h_r, h_z, h_n = (h if m is None else h * m.astype(h.dtype) for m in masks)
+    if reset_after:
+      hh_r, hh_z, hh_n = _cell.masked_gate_dot(h, params.w_hh, mask, 3, dtype)
+      r = jax.nn.sigmoid(x_r + hh_r)
+      z = jax.nn.sigmoid(x_z + hh_z)
+      n = jnp.tanh(x_n + r * _cell.add_bias(hh_n, jnp.split(params.b_hh, 3)[2]))
+    else:
+      if isinstance(mask, (tuple, list)):
+        hh_r, hh_z = _cell.dot(h_r, w_hr, dtype), _cell.dot(h_z, w_hz, dtype)
+      else:
+        hh_r, hh_z = _cell.gate_split(_cell.dot(h_r, params.w_hh[:, : 2 * hs], dtype), 2)
+      r = jax.nn.sigmoid(x_r + hh_r)
+      z = jax.nn.sigmoid(x_z + hh_z)
+      n = jnp.tanh(x_n + _cell.dot(r * h_n, w_hn, dtype))
+    new_h = (1.0 - z) * n + z * h
+    out = new_h if dtype is None else new_h.astype(dtype)
+    return GRUState(new_h), out, GRUGates(r, z, n)
+
+  def step(params: GRUParams, carry: GRUState, x):
+    new_carry, h, _ = recur(params, carry, project(params, x))
+    return new_carry, h
+
+  return _cell.Cell(init, initial_carry, project, recur, step, hs, 3, "gru")

@@ -1,0 +1,161 @@
+"""The scan driver: run any :class:`recurrent.Cell` over a sequence with ``lax.scan``.
+
+Shape legend: B batch (any leading dims, or none), T time, I input size, H hidden size.
+
+The input projection of all T steps is one matmul before the loop (``cell.project``); the
+loop body does the recurrent matmul and the gate math only (``cell.recur``). Dropout masks
+are drawn once per sequence before the loop (see :mod:`recurrent.dropout`).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from recurrent import _checks
+from recurrent import dropout as _dropout
+
+
+def scan(
+    cell,
+    params,
+    xs,
+    *,
+    initial_carry=None,
+    seq_lengths=None,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int = 1,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    per_gate_masks: bool = False,
+    key=None,
+    deterministic: bool = False,
+):
+  """Runs ``cell`` over ``xs`` and returns ``(final_carry, outputs)``.
+
+  Args:
+    cell: a :class:`recurrent.Cell` (``recurrent.lstm(H)``, ``recurrent.gru(H)``).
+    params: the cell's params, e.g. from ``cell.init(key, I)``.
+    xs: ``[B..., T, I]`` floating inputs, or ``[T, B..., I]`` if ``time_major``; no
+      batch dims at all (``[T, I]``) works too.
+    initial_carry: the carry before the first step (leaves ``[B..., H]``); zeros if None.
+    seq_lengths: int ``[B...]``, each sequence's number of valid steps. Steps at or past a
+      sequence's length leave its carry unchanged and output zeros, so the final carry is
+      the carry at the sequence's own last step.
+    reverse: run from the last step to the first. With ``seq_lengths`` each sequence is
+      reversed within its own length: its output at step t has seen steps
+      ``t..len-1``, and its padding stays at the end, aligned with the forward run.
+    time_major: whether time is the first axis of ``xs`` and of the outputs.
+    unroll: passed to ``lax.scan``.
+    dropout: rate of time-invariant dropout on the inputs ``x_t`` (Keras' ``dropout``).
+    recurrent_dropout: rate of time-invariant dropout on ``h_{t-1}`` where it enters
+      the recurrent matmul (Keras' ``recurrent_dropout``); the carry itself is not
+      masked.
+    per_gate_masks: False (default) shares each mask among the gates, which keeps the
+      input projection one matmul; True draws one mask per gate (Gal & Ghahramani's
+      untied variant).
+    key: PRNG keys ``[B...]``, one per sequence (:func:`recurrent.sequence_keys`);
+      required when a rate is non-zero and not ``deterministic``.
+    deterministic: True turns dropout off.
+
+  Returns:
+    ``(final_carry, outputs)``: the carry after each sequence's last valid step (leaves
+    ``[B..., H]``) and the outputs ``[B..., T, H]`` (``[T, B..., H]`` if ``time_major``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, recurrent
+    >>> cell = recurrent.lstm(16)
+    >>> params = cell.init(jax.random.key(0), 4)
+    >>> xs = jnp.ones((3, 10, 4))
+    >>> keys = recurrent.sequence_keys(jax.random.key(1), jnp.arange(3))
+    >>> carry, ys = recurrent.scan(cell, params, xs, seq_lengths=jnp.array([10, 7, 2]),
+    ...                            dropout=0.25, recurrent_dropout=0.25, key=keys)
+    >>> ys.shape, carry.h.shape
+    ((3, 10, 16), (3, 16))
+  """
+  return _run(cell, params, xs, initial_carry, seq_lengths, reverse, time_major, unroll,
+              dropout, recurrent_dropout, per_gate_masks, key, deterministic, trace=False)
+
+
+def trace(cell, params, xs, **kwargs):
+  """The carry and the gate activations at every step, for plots and analysis.
+
+  Takes the arguments of :func:`scan`. A separate path, so :func:`scan` never stacks
+  gates it does not return.
+
+  Returns:
+    ``(carries, gates)``: the carry after each step (e.g. ``LSTMState`` with ``h`` and
+    ``c``) and the gates (``LSTMGates(i, f, g, o)`` or ``GRUGates(r, z, n)``), every
+    leaf ``[B..., T, H]`` (``[T, B..., H]`` if ``time_major``). Steps past
+    ``seq_lengths`` hold the carry unchanged and zero gates.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, recurrent
+    >>> cell = recurrent.lstm(8)
+    >>> carries, gates = recurrent.trace(cell, cell.init(jax.random.key(0), 2),
+    ...                                  jnp.ones((5, 2)))
+    >>> carries.c.shape, gates.f.shape
+    ((5, 8), (5, 8))
+  """
+  options = dict(initial_carry=None, seq_lengths=None, reverse=False, time_major=False,
+                 unroll=1, dropout=0.0, recurrent_dropout=0.0, per_gate_masks=False,
+                 key=None, deterministic=False)
+  unknown = set(kwargs) - set(options)
+  if unknown:
+    raise TypeError(f"trace() got unexpected arguments {sorted(unknown)}")
+  options.update(kwargs)
+  return _run(cell, params, xs, *options.values(), trace=True)[1]
+
+
+def _input_size(params) -> int:
+  return params.w_ih.shape[0]
+
+
+def _run(cell, params, xs, initial_carry, seq_lengths, reverse, time_major, unroll,
+         dropout, recurrent_dropout, per_gate_masks, key, deterministic, trace):
+  batch_shape, num_steps, input_size = _checks.sequence("xs", xs, time_major)
+  _checks.features("xs", input_size, _input_size(params))
+  _checks.rate("dropout", dropout)
+  _checks.rate("recurrent_dropout", recurrent_dropout)
+  lengths = _checks.seq_lengths(seq_lengths, batch_shape, num_steps)
+  carry_dtype = params.w_hh.dtype
+  if initial_carry is None:
+    carry = cell.initial_carry(batch_shape, carry_dtype)
+  else:
+    expected = jax.eval_shape(lambda: cell.initial_carry(batch_shape, carry_dtype))
+    _checks.carry("initial_carry", initial_carry, expected)
+    carry = jax.tree.map(lambda c: jnp.asarray(c, carry_dtype), initial_carry)
+
+  in_mask = rec_mask = None
+  use_in = dropout > 0.0 and not deterministic
+  use_rec = recurrent_dropout > 0.0 and not deterministic
+  if use_in or use_rec:
+    keys = _checks.keys(key, "key", batch_shape)
+    num = cell.num_gates if per_gate_masks else 1
+    pick = (lambda ms: ms) if per_gate_masks else (lambda ms: ms[0])
+    if use_in:
+      ms = _dropout.masks(_dropout.derive(keys, _dropout.INPUT), input_size, dropout, num,
+                          xs.dtype)
+      in_mask = pick(tuple(m[None] for m in ms))  # a time axis: [1, B..., I]
+    if use_rec:
+      ms = _dropout.masks(_dropout.derive(keys, _dropout.RECURRENT), cell.hidden_size,
+                          recurrent_dropout, num, carry_dtype)
+      rec_mask = pick(ms)
+
+  xs = xs if time_major else jnp.moveaxis(xs, -2, 0)
+  xp = cell.project(params, xs, in_mask)
+
+  def body(carry, inputs):
+    xp_t, t = inputs
+    new, h, gates = cell.recur(params, carry, xp_t, rec_mask)
+    if lengths is not None:
+      valid = (t < lengths)[..., None]
+      new = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, carry)
+      h = jnp.where(valid, h, jnp.zeros_like(h))
+      gates = jax.tree.map(lambda g: jnp.where(valid, g, jnp.zeros_like(g)), gates)
+    return new, ((new, gates) if trace else h)
+
+  steps = jnp.arange(num_steps)
+  final, ys = jax.lax.scan(body, carry, (xp, steps), reverse=reverse, unroll=unroll)
+  if not time_major:
+    ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
+  return final, ys
