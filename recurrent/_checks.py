@@ -18,8 +18,8 @@ def floating(name: str, x) -> None:
   dtype = jnp.result_type(x)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(
-        f"{name} has dtype {dtype}; expected a floating dtype (float32, bfloat16, float64)."
-        " Embed integer tokens first, e.g. with an embedding table."
+      f"{name} has dtype {dtype}; expected a floating dtype (float32, bfloat16, float64)."
+      " Embed integer tokens first, e.g. with an embedding table."
     )
 
 
@@ -52,8 +52,8 @@ def keys(key, name: str, batch_shape: tuple):
   """A typed key array of shape ``batch_shape``, one key per sequence."""
   if key is None:
     raise ValueError(
-        f"dropout is on but {name} is None: pass one PRNG key per sequence"
-        " (recurrent.sequence_keys(key, example_ids)), or deterministic=True"
+      f"dropout is on but {name} is None: pass one PRNG key per sequence"
+      " (recurrent.sequence_keys(key, example_ids)), or deterministic=True"
     )
   try:
     key = _dropout.as_key_array(jnp.asarray(key) if not hasattr(key, "dtype") else key)
@@ -61,9 +61,9 @@ def keys(key, name: str, batch_shape: tuple):
     raise TypeError(f"{name} must be a PRNG key array, got {key!r}") from e
   if key.shape != tuple(batch_shape):
     raise ValueError(
-        f"{name} has shape {key.shape}; expected one key per sequence, shape"
-        f" {tuple(batch_shape)}. Make them with recurrent.sequence_keys(key, example_ids)"
-        " so each sequence's masks do not depend on the batch"
+      f"{name} has shape {key.shape}; expected one key per sequence, shape"
+      f" {tuple(batch_shape)}. Make them with recurrent.sequence_keys(key, example_ids)"
+      " so each sequence's masks do not depend on the batch"
     )
   return key
 
@@ -76,15 +76,15 @@ def seq_lengths(lengths, batch_shape: tuple, num_steps: int):
     raise TypeError(f"seq_lengths must be integers, got dtype {lengths.dtype}")
   if _shape(lengths) != tuple(batch_shape):
     raise ValueError(
-        f"seq_lengths has shape {_shape(lengths)}; expected the batch shape"
-        f" {tuple(batch_shape)} of xs"
+      f"seq_lengths has shape {_shape(lengths)}; expected the batch shape"
+      f" {tuple(batch_shape)} of xs"
     )
   if not isinstance(lengths, jax.core.Tracer):
     values = np.asarray(lengths)
     if values.size and (values.min() < 0 or values.max() > num_steps):
       raise ValueError(
-          f"seq_lengths must be in [0, {num_steps}] (the number of time steps), got values"
-          f" from {values.min()} to {values.max()}"
+        f"seq_lengths must be in [0, {num_steps}] (the number of time steps), got values"
+        f" from {values.min()} to {values.max()}"
       )
   return jnp.asarray(lengths)
 
@@ -98,7 +98,7 @@ def carry(name: str, given, expected) -> None:
   for g, e in zip(given_leaves, expected_leaves):
     if _shape(g) != _shape(e):
       raise ValueError(
-          f"{name} has leaves of shape {_shape(g)}; expected {_shape(e)}"
-          " (batch shape of xs + (hidden_size,))"
+        f"{name} has leaves of shape {_shape(g)}; expected {_shape(e)}"
+        " (batch shape of xs + (hidden_size,))"
       )
     floating(name, g)

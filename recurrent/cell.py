@@ -88,8 +88,7 @@ def masked_gate_dot(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tu
     return gate_split(dot(x, w, dtype), num_gates)
   if isinstance(mask, (tuple, list)):
     return tuple(
-        dot(x * m.astype(x.dtype), wg, dtype)
-        for m, wg in zip(mask, gate_columns(w, num_gates))
+      dot(x * m.astype(x.dtype), wg, dtype) for m, wg in zip(mask, gate_columns(w, num_gates))
     )
   return gate_split(dot(x * mask.astype(x.dtype), w, dtype), num_gates)
 

@@ -55,7 +55,8 @@ def _torch_layer(sd: dict, suffix: str, dtype):
   if gates == 3:
     return GRUParams(as_jnp(w_ih.T), as_jnp(w_hh.T), as_jnp(b_ih), as_jnp(b_hh))
   raise ValueError(
-      f"weight_hh{suffix} has shape {w_hh.shape}; expected [4H, H] (LSTM) or [3H, H] (GRU)")
+    f"weight_hh{suffix} has shape {w_hh.shape}; expected [4H, H] (LSTM) or [3H, H] (GRU)"
+  )
 
 
 def from_torch(state_dict, *, dtype=None) -> list:
@@ -76,10 +77,11 @@ def from_torch(state_dict, *, dtype=None) -> list:
   for name in state_dict:
     match = _TORCH_KEY.match(name)
     if match is None:
-      raise ValueError(f"state_dict has unexpected key {name!r}; expected PyTorch nn.LSTM/nn.GRU keys")
-    if match.group(2) == "hr":
       raise ValueError(
-          f"state_dict has {name!r}: LSTMs with proj_size > 0 cannot be converted")
+        f"state_dict has unexpected key {name!r}; expected PyTorch nn.LSTM/nn.GRU keys"
+      )
+    if match.group(2) == "hr":
+      raise ValueError(f"state_dict has {name!r}: LSTMs with proj_size > 0 cannot be converted")
     layers.setdefault(int(match.group(3)), set()).add(bool(match.group(4)))
   if sorted(layers) != list(range(len(layers))) or not layers:
     raise ValueError(f"state_dict has layers {sorted(layers)}; expected 0..L-1")
@@ -100,7 +102,8 @@ def to_torch(layers) -> dict:
     layers: a list of per-layer params (or one layer's params), entries possibly
       :class:`recurrent.Bidirectional`.
   """
-  layers = layers if isinstance(layers, (list, tuple)) and not hasattr(layers, "_fields") else [layers]
+  if not isinstance(layers, list):
+    layers = [layers]
   sd = {}
   for layer, params in enumerate(layers):
     directions = params if isinstance(params, Bidirectional) else (params,)
@@ -132,15 +135,19 @@ def from_flax(variables):
   p = variables.get("params", variables)
   cat = lambda names, leaf: jnp.concatenate([p[n][leaf] for n in names], -1)  # noqa: E731
   if all(f"i{g}" in p and f"h{g}" in p for g in _LSTM_GATES):
-    return LSTMParams(cat(["i" + g for g in _LSTM_GATES], "kernel"),
-                      cat(["h" + g for g in _LSTM_GATES], "kernel"),
-                      cat(["h" + g for g in _LSTM_GATES], "bias"))
+    return LSTMParams(
+      cat(["i" + g for g in _LSTM_GATES], "kernel"),
+      cat(["h" + g for g in _LSTM_GATES], "kernel"),
+      cat(["h" + g for g in _LSTM_GATES], "bias"),
+    )
   if all(f"i{g}" in p and f"h{g}" in p for g in _GRU_GATES):
     zeros = jnp.zeros_like(p["hn"]["bias"])
-    return GRUParams(cat(["i" + g for g in _GRU_GATES], "kernel"),
-                     cat(["h" + g for g in _GRU_GATES], "kernel"),
-                     cat(["i" + g for g in _GRU_GATES], "bias"),
-                     jnp.concatenate([zeros, zeros, p["hn"]["bias"]]))
+    return GRUParams(
+      cat(["i" + g for g in _GRU_GATES], "kernel"),
+      cat(["h" + g for g in _GRU_GATES], "kernel"),
+      cat(["i" + g for g in _GRU_GATES], "bias"),
+      jnp.concatenate([zeros, zeros, p["hn"]["bias"]]),
+    )
   raise ValueError(f"variables have params {sorted(p)}; expected a Flax LSTMCell or GRUCell")
 
 

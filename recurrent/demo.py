@@ -31,8 +31,9 @@ def main(argv=None) -> None:
   keys = recurrent.sequence_keys(k_drop, jnp.arange(args.batch))
 
   def loss(params, xs, keys):
-    _, ys = recurrent.stack(cell, params, xs, seq_lengths=lengths, dropout=0.25,
-                            recurrent_dropout=0.25, key=keys)
+    _, ys = recurrent.stack(
+      cell, params, xs, seq_lengths=lengths, dropout=0.25, recurrent_dropout=0.25, key=keys
+    )
     return jnp.mean(ys**2), ys
 
   step = jax.jit(jax.value_and_grad(loss, has_aux=True))
@@ -47,8 +48,10 @@ def main(argv=None) -> None:
   print(f"inputs xs {xs.shape}, seq_lengths {lengths.shape}, keys {keys.shape}")
   print(f"outputs {ys.shape} (2 directions x {args.hidden_size}), loss {float(value):.5f}")
   print("grad shapes, layer 0 forward:", jax.tree.map(lambda g: g.shape, grads[0].forward))
-  print(f"first call (trace + compile + run) {compile_s:.2f} s; forward+backward median"
-        f" {1e3 * statistics.median(times):.1f} ms over {args.repeats} calls")
+  print(
+    f"first call (trace + compile + run) {compile_s:.2f} s; forward+backward median"
+    f" {1e3 * statistics.median(times):.1f} ms over {args.repeats} calls"
+  )
 
 
 if __name__ == "__main__":

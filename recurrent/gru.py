@@ -57,13 +57,13 @@ class GRUGates(NamedTuple):
 
 
 def gru(
-    hidden_size: int,
-    *,
-    reset_after: bool = True,
-    kernel_init=jax.nn.initializers.glorot_uniform(),
-    recurrent_init=jax.nn.initializers.orthogonal(),
-    dtype=None,
-    param_dtype=jnp.float32,
+  hidden_size: int,
+  *,
+  reset_after: bool = True,
+  kernel_init=jax.nn.initializers.glorot_uniform(),
+  recurrent_init=jax.nn.initializers.orthogonal(),
+  dtype=None,
+  param_dtype=jnp.float32,
 ) -> _cell.Cell:
   """A GRU cell as pure functions.
 
@@ -95,10 +95,10 @@ def gru(
   def init(key, input_size: int) -> GRUParams:
     k_ih, k_hh = jax.random.split(key)
     return GRUParams(
-        w_ih=kernel_init(k_ih, (input_size, 3 * hs), param_dtype),
-        w_hh=_cell.orthogonal_blocks(recurrent_init, k_hh, hs, 3, param_dtype),
-        b_ih=jnp.zeros((3 * hs,), param_dtype),
-        b_hh=jnp.zeros((3 * hs,), param_dtype),
+      w_ih=kernel_init(k_ih, (input_size, 3 * hs), param_dtype),
+      w_hh=_cell.orthogonal_blocks(recurrent_init, k_hh, hs, 3, param_dtype),
+      b_ih=jnp.zeros((3 * hs,), param_dtype),
+      b_hh=jnp.zeros((3 * hs,), param_dtype),
     )
 
   def initial_carry(batch_shape=(), dtype=None) -> GRUState:

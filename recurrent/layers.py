@@ -26,8 +26,9 @@ class Bidirectional(NamedTuple):
   backward: Any
 
 
-def init_layers(cell, key, input_size: int, num_layers: int = 1, *,
-                bidirectional: bool = False) -> list:
+def init_layers(
+  cell, key, input_size: int, num_layers: int = 1, *, bidirectional: bool = False
+) -> list:
   """Params of a stack: layer 0 takes I inputs, the others D*H.
 
   Example:
@@ -54,8 +55,16 @@ def _dropout_on(rates, deterministic) -> bool:
   return not deterministic and any(r > 0.0 for r in rates)
 
 
-def bidirectional(cell, params: Bidirectional, xs, *, initial_carry=None, key=None,
-                  time_major: bool = False, **kwargs):
+def bidirectional(
+  cell,
+  params: Bidirectional,
+  xs,
+  *,
+  initial_carry=None,
+  key=None,
+  time_major: bool = False,
+  **kwargs,
+):
   """A forward and a backward :func:`recurrent.scan` with outputs concatenated.
 
   Takes the keyword arguments of :func:`recurrent.scan` except ``reverse``. With
@@ -74,10 +83,25 @@ def bidirectional(cell, params: Bidirectional, xs, *, initial_carry=None, key=No
     batch_shape = _checks.sequence("xs", xs, time_major)[0]
     k = _checks.keys(key, "key", batch_shape)
     keys = Bidirectional(_dropout.derive(k, 0), _dropout.derive(k, 1))
-  fwd = scan(cell, params.forward, xs, initial_carry=carries.forward, key=keys.forward,
-             time_major=time_major, **kwargs)
-  bwd = scan(cell, params.backward, xs, initial_carry=carries.backward, key=keys.backward,
-             time_major=time_major, reverse=True, **kwargs)
+  fwd = scan(
+    cell,
+    params.forward,
+    xs,
+    initial_carry=carries.forward,
+    key=keys.forward,
+    time_major=time_major,
+    **kwargs,
+  )
+  bwd = scan(
+    cell,
+    params.backward,
+    xs,
+    initial_carry=carries.backward,
+    key=keys.backward,
+    time_major=time_major,
+    reverse=True,
+    **kwargs,
+  )
   return Bidirectional(fwd[0], bwd[0]), jnp.concatenate([fwd[1], bwd[1]], axis=-1)
 
 
@@ -91,19 +115,19 @@ def _per_layer(name: str, value, num_layers: int) -> tuple:
 
 
 def stack(
-    cell,
-    params: Sequence,
-    xs,
-    *,
-    initial_carry=None,
-    seq_lengths=None,
-    time_major: bool = False,
-    unroll: int = 1,
-    dropout: Union[float, Sequence[float]] = 0.0,
-    recurrent_dropout: Union[float, Sequence[float]] = 0.0,
-    per_gate_masks: bool = False,
-    key=None,
-    deterministic: bool = False,
+  cell,
+  params: Sequence,
+  xs,
+  *,
+  initial_carry=None,
+  seq_lengths=None,
+  time_major: bool = False,
+  unroll: int = 1,
+  dropout: Union[float, Sequence[float]] = 0.0,
+  recurrent_dropout: Union[float, Sequence[float]] = 0.0,
+  per_gate_masks: bool = False,
+  key=None,
+  deterministic: bool = False,
 ):
   """Runs a stack of layers (each uni- or bidirectional) over ``xs``.
 
@@ -143,7 +167,8 @@ def stack(
   carries = [None] * num_layers if initial_carry is None else list(initial_carry)
   if len(carries) != num_layers:
     raise ValueError(
-        f"initial_carry has {len(carries)} layers; expected one per layer ({num_layers})")
+      f"initial_carry has {len(carries)} layers; expected one per layer ({num_layers})"
+    )
   if _dropout_on(dropouts + recurrent_dropouts, deterministic):
     key = _checks.keys(key, "key", _checks.sequence("xs", xs, time_major)[0])
   else:
@@ -151,10 +176,16 @@ def stack(
 
   finals = []
   for layer, layer_params in enumerate(params):
-    options = dict(seq_lengths=seq_lengths, time_major=time_major, unroll=unroll,
-                   dropout=dropouts[layer], recurrent_dropout=recurrent_dropouts[layer],
-                   per_gate_masks=per_gate_masks, deterministic=deterministic,
-                   initial_carry=carries[layer])
+    options = dict(
+      seq_lengths=seq_lengths,
+      time_major=time_major,
+      unroll=unroll,
+      dropout=dropouts[layer],
+      recurrent_dropout=recurrent_dropouts[layer],
+      per_gate_masks=per_gate_masks,
+      deterministic=deterministic,
+      initial_carry=carries[layer],
+    )
     layer_key = None if key is None else _dropout.derive(key, layer)
     if isinstance(layer_params, Bidirectional):
       final, xs = bidirectional(cell, layer_params, xs, key=layer_key, **options)

@@ -53,13 +53,13 @@ class LSTMGates(NamedTuple):
 
 
 def lstm(
-    hidden_size: int,
-    *,
-    forget_bias: float = 1.0,
-    kernel_init=jax.nn.initializers.glorot_uniform(),
-    recurrent_init=jax.nn.initializers.orthogonal(),
-    dtype=None,
-    param_dtype=jnp.float32,
+  hidden_size: int,
+  *,
+  forget_bias: float = 1.0,
+  kernel_init=jax.nn.initializers.glorot_uniform(),
+  recurrent_init=jax.nn.initializers.orthogonal(),
+  dtype=None,
+  param_dtype=jnp.float32,
 ) -> _cell.Cell:
   """An LSTM cell as pure functions.
 
@@ -97,9 +97,9 @@ def lstm(
     k_ih, k_hh = jax.random.split(key)
     b = jnp.zeros((4 * hs,), param_dtype).at[hs : 2 * hs].set(forget_bias)
     return LSTMParams(
-        w_ih=kernel_init(k_ih, (input_size, 4 * hs), param_dtype),
-        w_hh=_cell.orthogonal_blocks(recurrent_init, k_hh, hs, 4, param_dtype),
-        b=b,
+      w_ih=kernel_init(k_ih, (input_size, 4 * hs), param_dtype),
+      w_hh=_cell.orthogonal_blocks(recurrent_init, k_hh, hs, 4, param_dtype),
+      b=b,
     )
 
   def initial_carry(batch_shape=(), dtype=None) -> LSTMState:

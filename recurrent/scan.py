@@ -15,20 +15,20 @@ from recurrent import dropout as _dropout
 
 
 def scan(
-    cell,
-    params,
-    xs,
-    *,
-    initial_carry=None,
-    seq_lengths=None,
-    reverse: bool = False,
-    time_major: bool = False,
-    unroll: int = 1,
-    dropout: float = 0.0,
-    recurrent_dropout: float = 0.0,
-    per_gate_masks: bool = False,
-    key=None,
-    deterministic: bool = False,
+  cell,
+  params,
+  xs,
+  *,
+  initial_carry=None,
+  seq_lengths=None,
+  reverse: bool = False,
+  time_major: bool = False,
+  unroll: int = 1,
+  dropout: float = 0.0,
+  recurrent_dropout: float = 0.0,
+  per_gate_masks: bool = False,
+  key=None,
+  deterministic: bool = False,
 ):
   """Runs ``cell`` over ``xs`` and returns ``(final_carry, outputs)``.
 
@@ -72,8 +72,22 @@ def scan(
     >>> ys.shape, carry.h.shape
     ((3, 10, 16), (3, 16))
   """
-  return _run(cell, params, xs, initial_carry, seq_lengths, reverse, time_major, unroll,
-              dropout, recurrent_dropout, per_gate_masks, key, deterministic, trace=False)
+  return _run(
+    cell,
+    params,
+    xs,
+    initial_carry,
+    seq_lengths,
+    reverse,
+    time_major,
+    unroll,
+    dropout,
+    recurrent_dropout,
+    per_gate_masks,
+    key,
+    deterministic,
+    trace=False,
+  )
 
 
 def trace(cell, params, xs, **kwargs):
@@ -96,9 +110,18 @@ def trace(cell, params, xs, **kwargs):
     >>> carries.c.shape, gates.f.shape
     ((5, 8), (5, 8))
   """
-  options = dict(initial_carry=None, seq_lengths=None, reverse=False, time_major=False,
-                 unroll=1, dropout=0.0, recurrent_dropout=0.0, per_gate_masks=False,
-                 key=None, deterministic=False)
+  options = dict(
+    initial_carry=None,
+    seq_lengths=None,
+    reverse=False,
+    time_major=False,
+    unroll=1,
+    dropout=0.0,
+    recurrent_dropout=0.0,
+    per_gate_masks=False,
+    key=None,
+    deterministic=False,
+  )
   unknown = set(kwargs) - set(options)
   if unknown:
     raise TypeError(f"trace() got unexpected arguments {sorted(unknown)}")
@@ -110,8 +133,22 @@ def _input_size(params) -> int:
   return params.w_ih.shape[0]
 
 
-def _run(cell, params, xs, initial_carry, seq_lengths, reverse, time_major, unroll,
-         dropout, recurrent_dropout, per_gate_masks, key, deterministic, trace):
+def _run(
+  cell,
+  params,
+  xs,
+  initial_carry,
+  seq_lengths,
+  reverse,
+  time_major,
+  unroll,
+  dropout,
+  recurrent_dropout,
+  per_gate_masks,
+  key,
+  deterministic,
+  trace,
+):
   batch_shape, num_steps, input_size = _checks.sequence("xs", xs, time_major)
   _checks.features("xs", input_size, _input_size(params))
   _checks.rate("dropout", dropout)
@@ -133,12 +170,16 @@ def _run(cell, params, xs, initial_carry, seq_lengths, reverse, time_major, unro
     num = cell.num_gates if per_gate_masks else 1
     pick = (lambda ms: ms) if per_gate_masks else (lambda ms: ms[0])
     if use_in:
-      ms = _dropout.masks(_dropout.derive(keys, _dropout.INPUT), input_size, dropout, num,
-                          xs.dtype)
+      ms = _dropout.masks(_dropout.derive(keys, _dropout.INPUT), input_size, dropout, num, xs.dtype)
       in_mask = pick(tuple(m[None] for m in ms))  # a time axis: [1, B..., I]
     if use_rec:
-      ms = _dropout.masks(_dropout.derive(keys, _dropout.RECURRENT), cell.hidden_size,
-                          recurrent_dropout, num, carry_dtype)
+      ms = _dropout.masks(
+        _dropout.derive(keys, _dropout.RECURRENT),
+        cell.hidden_size,
+        recurrent_dropout,
+        num,
+        carry_dtype,
+      )
       rec_mask = pick(ms)
 
   xs = xs if time_major else jnp.moveaxis(xs, -2, 0)
