@@ -30,6 +30,13 @@ def rate(name: str, value) -> None:
     raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
+def flag(name: str, value) -> None:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(
+      f"{name} must be a Python bool (a static flag, not a traced value), got {value!r}"
+    )
+
+
 def sequence(name: str, xs, time_major: bool) -> tuple:
   """Checks ``xs`` and returns ``(batch_shape, T, I)``."""
   if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
@@ -58,7 +65,9 @@ def keys(key, name: str, batch_shape: tuple):
   try:
     key = _dropout.as_key_array(jnp.asarray(key) if not hasattr(key, "dtype") else key)
   except (TypeError, ValueError) as e:
-    raise TypeError(f"{name} must be a PRNG key array, got {key!r}") from e
+    raise TypeError(
+      f"{name} must be a PRNG key array, got {type(key).__name__} of shape {_shape(key)}"
+    ) from e
   if key.shape != tuple(batch_shape):
     raise ValueError(
       f"{name} has shape {key.shape}; expected one key per sequence, shape"

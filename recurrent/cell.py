@@ -95,8 +95,11 @@ def masked_gate_dot(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tu
 
 def orthogonal_blocks(init, key, hidden_size: int, num_gates: int, dtype) -> Array:
   """``[H, G*H]``: each gate's ``[H, H]`` block drawn on its own from ``init``."""
+  # Drawn in (at least) float32: LAPACK's QR, behind the orthogonal initialiser, has no bf16.
+  draw_dtype = jnp.promote_types(dtype, jnp.float32)
   keys = jax.random.split(key, num_gates)
-  return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+  blocks = [init(k, (hidden_size, hidden_size), draw_dtype) for k in keys]
+  return jnp.concatenate(blocks, axis=1).astype(dtype)
 
 
 def zeros_carry(fields: int, hidden_size: int, batch_shape, dtype) -> tuple:

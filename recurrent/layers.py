@@ -51,8 +51,13 @@ def init_layers(
   return layers
 
 
-def _dropout_on(rates, deterministic) -> bool:
-  return not deterministic and any(r > 0.0 for r in rates)
+def _dropout_on(deterministic, dropout: tuple, recurrent_dropout: tuple) -> bool:
+  """Checks the flag and every rate, then says whether any dropout is on."""
+  _checks.flag("deterministic", deterministic)
+  for name, rates in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+    for rate in rates:
+      _checks.rate(name, rate)
+  return not deterministic and any(r > 0.0 for r in dropout + recurrent_dropout)
 
 
 def bidirectional(
@@ -76,10 +81,19 @@ def bidirectional(
   """
   if "reverse" in kwargs:
     raise TypeError("bidirectional() runs both directions; it takes no reverse argument")
+  for name, value in (("params", params), ("initial_carry", initial_carry)):
+    if value is not None and not isinstance(value, Bidirectional):
+      raise ValueError(
+        f"{name} of a bidirectional layer must be a recurrent.Bidirectional(forward,"
+        f" backward) pair, got {type(value).__name__}"
+      )
   carries = initial_carry if initial_carry is not None else Bidirectional(None, None)
-  rates = (kwargs.get("dropout", 0.0), kwargs.get("recurrent_dropout", 0.0))
   keys = Bidirectional(None, None)
-  if _dropout_on(rates, kwargs.get("deterministic", False)):
+  if _dropout_on(
+    kwargs.get("deterministic", False),
+    (kwargs.get("dropout", 0.0),),
+    (kwargs.get("recurrent_dropout", 0.0),),
+  ):
     batch_shape = _checks.sequence("xs", xs, time_major)[0]
     k = _checks.keys(key, "key", batch_shape)
     keys = Bidirectional(_dropout.derive(k, 0), _dropout.derive(k, 1))
@@ -109,8 +123,6 @@ def _per_layer(name: str, value, num_layers: int) -> tuple:
   values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * num_layers
   if len(values) != num_layers:
     raise ValueError(f"{name} has {len(values)} rates; expected one per layer ({num_layers})")
-  for v in values:
-    _checks.rate(name, v)
   return values
 
 
@@ -169,7 +181,7 @@ def stack(
     raise ValueError(
       f"initial_carry has {len(carries)} layers; expected one per layer ({num_layers})"
     )
-  if _dropout_on(dropouts + recurrent_dropouts, deterministic):
+  if _dropout_on(deterministic, dropouts, recurrent_dropouts):
     key = _checks.keys(key, "key", _checks.sequence("xs", xs, time_major)[0])
   else:
     key = None

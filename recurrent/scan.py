@@ -153,6 +153,7 @@ def _run(
   _checks.features("xs", input_size, _input_size(params))
   _checks.rate("dropout", dropout)
   _checks.rate("recurrent_dropout", recurrent_dropout)
+  _checks.flag("deterministic", deterministic)
   lengths = _checks.seq_lengths(seq_lengths, batch_shape, num_steps)
   carry_dtype = params.w_hh.dtype
   if initial_carry is None:
@@ -183,6 +184,11 @@ def _run(
       rec_mask = pick(ms)
 
   xs = xs if time_major else jnp.moveaxis(xs, -2, 0)
+  if lengths is not None:
+    # Padding never reaches the cell: NaN or inf there would turn into NaN gradients
+    # (0 * NaN) even though the held carry hides it from the outputs.
+    valid = jnp.arange(num_steps, dtype=lengths.dtype)[:, None] < lengths.reshape(1, -1)
+    xs = jnp.where(valid.reshape((num_steps,) + lengths.shape + (1,)), xs, jnp.zeros_like(xs))
   xp = cell.project(params, xs, in_mask)
 
   def body(carry, inputs):
@@ -195,7 +201,7 @@ def _run(
       gates = jax.tree.map(lambda g: jnp.where(valid, g, jnp.zeros_like(g)), gates)
     return new, ((new, gates) if trace else h)
 
-  steps = jnp.arange(num_steps)
+  steps = jnp.arange(num_steps, dtype=None if lengths is None else lengths.dtype)
   final, ys = jax.lax.scan(body, carry, (xp, steps), reverse=reverse, unroll=unroll)
   if not time_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)

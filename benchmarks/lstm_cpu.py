@@ -1,0 +1,553 @@
+"""CPU speed of recurrent's LSTM and GRU against Flax and PyTorch, float32, one process.
+
+Shape legend: B batch, T time, I input size, H hidden size, G gates (4 LSTM, 3 GRU).
+
+For every shape (B, T, I, H) and cell it times the forward pass (outputs ``[B, T, H]``) and
+forward+backward (the gradient of ``sum(outputs * R)``, R a fixed random ``[B, T, H]``,
+with respect to params AND inputs) of:
+
+* ``recurrent``: ``recurrent.scan(recurrent.lstm(H), params, xs)`` under ``jax.jit``;
+* ``rec+dropout``: the same with ``dropout=0.25, recurrent_dropout=0.25`` and one key per
+  sequence from ``recurrent.sequence_keys`` (LSTM only);
+* ``flax`` / ``flax-opt``: ``nn.RNN(nn.LSTMCell(H))`` / ``nn.RNN(nn.OptimizedLSTMCell(H))``
+  under ``jax.jit`` (``nn.GRUCell`` for the GRU, which has no optimised variant);
+* ``torch``: ``nn.LSTM(I, H, batch_first=True)`` / ``nn.GRU`` with 2 threads; forward under
+  ``torch.no_grad()``, forward+backward with ``.backward()`` and an input that requires grad.
+
+All use the same weights (``recurrent.convert.to_flax`` / ``to_torch``, and ``from_torch``
+must give them back). Before any timing the outputs and all gradients are compared with
+``recurrent``'s; a mismatch stops the run with a non-zero exit status.
+
+Timing: trace+compile is timed once (``jax.jit(f).lower(...).compile()``), every
+implementation is called twice to warm up (once for the check), then the implementations of one
+(shape, cell, mode) run round-robin, in a rotating order, ``--repeats`` times each (fewer,
+but at least ``MIN_REPEATS``, once a row has used ``--row-seconds``, so that a loaded
+machine cannot stretch the run without bound); each call ends with ``block_until_ready``.
+Reported: median milliseconds and n, the number of calls it is the median of. The
+machine's float32 matmul peak (a 2048x2048 ``jnp.dot`` and ``torch.mm``) is measured
+before and after the rows; recurrent's GFLOP/s (forward ``2*B*T*(I+H)*G*H`` flops, 3x that
+for forward+backward) is given as a share of the higher ``jnp.dot`` figure. A large gap
+between the two peak figures means the load changed during the run.
+
+Run from the repository root::
+
+    python benchmarks/lstm_cpu.py [--shapes 32,100,128,256 ...] [--repeats N] [--json PATH]
+
+Other processes on the machine (test runs) slow everything down, PyTorch's OpenMP threads
+most of all: compare implementations within one row, and check the load average printed
+at the end.
+"""
+
+import argparse
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+# Benchmark the checkout this file lives in, not whatever copy happens to be installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax  # noqa: E402
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import recurrent  # noqa: E402
+from recurrent import convert  # noqa: E402
+
+DEFAULT_SHAPES = ((32, 100, 128, 256), (256, 50, 64, 128), (1, 1000, 64, 128))
+DROPOUT = 0.25
+TORCH_THREADS = 2
+MIN_REPEATS = 3
+# Outputs must agree to this absolute difference; gradients to this difference relative
+# to the largest entry of the reference gradient (at least 1), since weight gradients sum
+# B*T terms and grow with them.
+OUTPUT_ATOL = 1e-4
+GRAD_RTOL = 1e-4
+
+IMPLS = ("recurrent", "rec+dropout", "flax", "flax-opt", "torch")
+MODES = ("fwd", "fwd+bwd")
+
+
+class MismatchError(AssertionError):
+  pass
+
+
+def parse_shape(text: str) -> tuple:
+  parts = tuple(int(p) for p in text.replace("x", ",").split(","))
+  if len(parts) != 4 or min(parts) < 1:
+    raise argparse.ArgumentTypeError(f"a shape is B,T,I,H (four positive ints), got {text!r}")
+  return parts
+
+
+def median_ms(seconds) -> float:
+  return 1e3 * statistics.median(seconds)
+
+
+# ---------------------------------------------------------------------------------------
+# Matmul peak
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
+  """Median float32 GFLOP/s of an ``[n, n] @ [n, n]`` matmul in JAX and in PyTorch."""
+  flops = 2.0 * n**3
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+  dot = jax.jit(jnp.dot).lower(a, b).compile()
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+  fns = {
+    "jax": lambda: dot(ja, jb).block_until_ready(),
+    "torch": lambda: torch.mm(ta, tb),
+  }
+  for fn in fns.values():
+    fn()
+    fn()
+  times = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - start)
+  return {k: flops / statistics.median(t) / 1e9 for k, t in times.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Implementations. Each builder returns {mode: (callable, compile seconds or None)} and,
+# for the check, {mode: outputs / gradients as NumPy in recurrent's layout}.
+
+
+def _compile(fn, *args):
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _jax_impl(forward, variables, xs, r, extra=()):
+  """``forward(variables, xs, *extra) -> ys [B, T, H]`` jitted, and its loss gradient."""
+
+  def loss(v, x, r, *extra):
+    return jnp.sum(forward(v, x, *extra) * r)
+
+  grad = jax.grad(loss, argnums=(0, 1))
+  fwd_c, fwd_s = _compile(forward, variables, xs, *extra)
+  grad_c, grad_s = _compile(grad, variables, xs, r, *extra)
+  calls = {
+    "fwd": (lambda: jax.block_until_ready(fwd_c(variables, xs, *extra)), fwd_s),
+    "fwd+bwd": (lambda: jax.block_until_ready(grad_c(variables, xs, r, *extra)), grad_s),
+  }
+  results = {"fwd": fwd_c(variables, xs, *extra), "fwd+bwd": grad_c(variables, xs, r, *extra)}
+  return calls, results
+
+
+def build_recurrent(cell, params, xs, r):
+  def forward(p, x):
+    return recurrent.scan(cell, p, x)[1]
+
+  return _jax_impl(forward, params, xs, r)
+
+
+def build_dropout(cell, params, xs, r):
+  keys = recurrent.sequence_keys(jax.random.key(7), xs.shape[0])
+
+  def forward(p, x, k):
+    return recurrent.scan(cell, p, x, dropout=DROPOUT, recurrent_dropout=DROPOUT, key=k)[1]
+
+  return _jax_impl(forward, params, xs, r, extra=(keys,))
+
+
+def build_flax(flax_cell, params, xs, r):
+  rnn = nn.RNN(flax_cell)
+  variables = {"params": {"cell": convert.to_flax(params)["params"]}}
+  calls, results = _jax_impl(rnn.apply, variables, xs, r)
+  g_vars, g_x = results["fwd+bwd"]
+  results["fwd+bwd"] = (convert.from_flax(g_vars["params"]["cell"]), g_x)
+  return calls, results
+
+
+def build_torch(cell_name, params, xs, r):
+  batch, steps, inputs = xs.shape
+  hidden = params.w_hh.shape[0]
+  module = (torch.nn.LSTM if cell_name == "lstm" else torch.nn.GRU)(
+    inputs, hidden, batch_first=True
+  )
+  state_dict = convert.to_torch([params])
+  module.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
+  back = convert.from_torch(module.state_dict())[0]
+  for name, a, b in zip(params._fields, params, back):
+    if not np.array_equal(np.asarray(a), np.asarray(b)):
+      raise MismatchError(f"convert.from_torch(to_torch(params)).{name} differs from params")
+
+  x_t = torch.from_numpy(np.array(xs))
+  x_g = x_t.clone().requires_grad_(True)
+  r_t = torch.from_numpy(np.array(r))
+
+  def fwd():
+    with torch.no_grad():
+      return module(x_t)[0]
+
+  def fwd_bwd():
+    module.zero_grad(set_to_none=True)
+    x_g.grad = None
+    (module(x_g)[0] * r_t).sum().backward()
+
+  ys = fwd().numpy().copy()
+  fwd_bwd()
+  grads = {k: p.grad.numpy().T.copy() for k, p in module.named_parameters()}
+  g_x = x_g.grad.numpy().copy()
+  calls = {"fwd": (fwd, None), "fwd+bwd": (fwd_bwd, None)}
+  return calls, {"fwd": ys, "fwd+bwd": (grads, g_x)}
+
+
+# ---------------------------------------------------------------------------------------
+# Checks
+
+
+def _max_diff(a, b) -> float:
+  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _grad_pairs(cell_name, impl, ref_params, got_params, hidden):
+  """Pairs (name, reference, other) of parameter gradients that must agree."""
+  if impl == "torch":
+    t = got_params
+    if cell_name == "lstm":
+      # b = bias_ih + bias_hh, so each torch bias has the gradient of b.
+      return [
+        ("w_ih", ref_params.w_ih, t["weight_ih_l0"]),
+        ("w_hh", ref_params.w_hh, t["weight_hh_l0"]),
+        ("b (torch bias_ih)", ref_params.b, t["bias_ih_l0"]),
+        ("b (torch bias_hh)", ref_params.b, t["bias_hh_l0"]),
+      ]
+    return [
+      ("w_ih", ref_params.w_ih, t["weight_ih_l0"]),
+      ("w_hh", ref_params.w_hh, t["weight_hh_l0"]),
+      ("b_ih", ref_params.b_ih, t["bias_ih_l0"]),
+      ("b_hh", ref_params.b_hh, t["bias_hh_l0"]),
+    ]
+  pairs = [(f, a, b) for f, a, b in zip(ref_params._fields, ref_params, got_params)]
+  if cell_name == "gru":
+    # Flax's GRUCell has no h_r/h_z bias: to_flax folded them into its input biases, whose
+    # gradient is the same. Only the h_n part of b_hh exists in Flax.
+    pairs = [p for p in pairs if p[0] != "b_hh"]
+    pairs.append(("b_hh[n]", ref_params.b_hh[2 * hidden :], got_params.b_hh[2 * hidden :]))
+  return pairs
+
+
+def check(cell_name, hidden, results, ys_no_dropout_det) -> dict:
+  """Compare every implementation's outputs and gradients with recurrent's."""
+  ref_ys = np.asarray(results["recurrent"]["fwd"])
+  ref_gp, ref_gx = results["recurrent"]["fwd+bwd"]
+  report = {}
+  failures = []
+  for impl, res in results.items():
+    if impl in ("recurrent", "rec+dropout"):
+      continue
+    diffs = {"outputs": _max_diff(res["fwd"], ref_ys)}
+    if diffs["outputs"] >= OUTPUT_ATOL:
+      failures.append(f"{impl} outputs: max abs diff {diffs['outputs']:.3g} >= {OUTPUT_ATOL}")
+    got_gp, got_gx = res["fwd+bwd"]
+    pairs = [("d xs", ref_gx, got_gx)] + _grad_pairs(cell_name, impl, ref_gp, got_gp, hidden)
+    for name, a, b in pairs:
+      scale = max(1.0, float(np.max(np.abs(np.asarray(a)))))
+      rel = _max_diff(a, b) / scale
+      diffs[name] = rel
+      if rel >= GRAD_RTOL:
+        failures.append(
+          f"{impl} gradient {name}: max abs diff / max(1, max |ref|) {rel:.3g} >= {GRAD_RTOL}"
+        )
+    report[impl] = diffs
+  if "rec+dropout" in results:
+    ys_drop = np.asarray(results["rec+dropout"]["fwd"])
+    det = _max_diff(ys_no_dropout_det, ref_ys)
+    report["rec+dropout"] = {"deterministic=True vs no dropout": det}
+    if det != 0.0:
+      failures.append(f"dropout with deterministic=True differs from no dropout by {det:.3g}")
+    if not np.all(np.isfinite(ys_drop)) or _max_diff(ys_drop, ref_ys) == 0.0:
+      failures.append("dropout outputs are not finite or equal the outputs without dropout")
+  if failures:
+    raise MismatchError("implementations disagree:\n  " + "\n  ".join(failures))
+  return report
+
+
+# ---------------------------------------------------------------------------------------
+# One shape and cell
+
+
+def bench_cell(shape, cell_name, repeats, row_seconds, log) -> list:
+  batch, steps, inputs, hidden = shape
+  k_params, k_bias, k_x, k_r = jax.random.split(jax.random.key(0), 4)
+  cell = recurrent.lstm(hidden) if cell_name == "lstm" else recurrent.gru(hidden)
+  params = cell.init(k_params, inputs)
+  # Non-zero biases, so that the converters' handling of them is exercised too.
+  bias = {
+    f: 0.1 * jax.random.normal(jax.random.fold_in(k_bias, i), getattr(params, f).shape)
+    for i, f in enumerate(params._fields)
+    if f.startswith("b")
+  }
+  params = params._replace(**bias)
+  xs = jax.random.normal(k_x, (batch, steps, inputs), jnp.float32)
+  r = jax.random.normal(k_r, (batch, steps, hidden), jnp.float32)
+
+  builders = {"recurrent": lambda: build_recurrent(cell, params, xs, r)}
+  if cell_name == "lstm":
+    builders["rec+dropout"] = lambda: build_dropout(cell, params, xs, r)
+    builders["flax"] = lambda: build_flax(nn.LSTMCell(hidden), params, xs, r)
+    builders["flax-opt"] = lambda: build_flax(nn.OptimizedLSTMCell(hidden), params, xs, r)
+  else:
+    builders["flax"] = lambda: build_flax(nn.GRUCell(hidden), params, xs, r)
+  builders["torch"] = lambda: build_torch(cell_name, params, xs, r)
+
+  calls, results = {}, {}
+  for impl, build in builders.items():
+    calls[impl], results[impl] = build()
+  ys_det = recurrent.scan(
+    cell, params, xs, dropout=DROPOUT, recurrent_dropout=DROPOUT, deterministic=True
+  )[1]
+  checks = check(cell_name, hidden, results, np.asarray(ys_det))
+  worst = max(v for d in checks.values() for v in d.values())
+  log(f"  {cell_name} {shape}: checks passed (worst difference {worst:.2g})")
+  del results
+
+  flops_fwd = 2.0 * batch * steps * (inputs + hidden) * cell.num_gates * hidden
+  rows = []
+  for mode in MODES:
+    fns = {impl: c[mode][0] for impl, c in calls.items()}
+    for fn in fns.values():  # a second call (the check made the first): allocations, caches
+      fn()
+    names = list(fns)
+    samples = {impl: [] for impl in names}
+    gc.collect()
+    gc.disable()
+    row_start = time.perf_counter()
+    try:
+      for rep in range(repeats):
+        k = rep % len(names)
+        for impl in names[k:] + names[:k]:
+          start = time.perf_counter()
+          fns[impl]()
+          samples[impl].append(time.perf_counter() - start)
+        if rep + 1 >= MIN_REPEATS and time.perf_counter() - row_start > row_seconds:
+          break
+    finally:
+      gc.enable()
+    flops = flops_fwd * (1 if mode == "fwd" else 3)
+    row = {
+      "shape": list(shape),
+      "cell": cell_name,
+      "mode": mode,
+      "repeats": len(samples["recurrent"]),
+      "median_ms": {impl: median_ms(s) for impl, s in samples.items()},
+      "samples_ms": {impl: [1e3 * t for t in s] for impl, s in samples.items()},
+      "compile_s": {impl: c[mode][1] for impl, c in calls.items() if c[mode][1] is not None},
+      "flops": flops,
+      "checks": checks,
+    }
+    med = row["median_ms"]
+    flax_ref = "flax-opt" if "flax-opt" in med else "flax"
+    row["ratios"] = {
+      "recurrent/torch": med["recurrent"] / med["torch"],
+      f"recurrent/{flax_ref}": med["recurrent"] / med[flax_ref],
+    }
+    if "rec+dropout" in med:
+      row["ratios"]["dropout/no-dropout"] = med["rec+dropout"] / med["recurrent"]
+    row["recurrent_gflops"] = flops / (med["recurrent"] * 1e-3) / 1e9
+    rows.append(row)
+    log(
+      f"  {cell_name} {shape} {mode} (median of {row['repeats']}): "
+      + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items())
+    )
+  return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+
+
+def table(rows, peak) -> str:
+  head = [
+    "B,T,I,H",
+    "cell",
+    "mode",
+    "n",
+    "recurrent ms",
+    "rec+dropout ms",
+    "Flax LSTMCell/GRUCell ms",
+    "Flax OptimizedLSTMCell ms",
+    "PyTorch ms",
+    "rec/torch",
+    "rec/flax-opt (GRU: /GRUCell)",
+    "dropout/no-dropout",
+    "rec GFLOP/s (% of jnp.dot peak)",
+    "compile s: rec / drop / flax / flax-opt",
+  ]
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  dash = "–"
+  for row in rows:
+    med, ratios, comp = row["median_ms"], row["ratios"], row["compile_s"]
+
+    def ms(impl, med=med):
+      return f"{med[impl]:.1f}" if impl in med else dash
+
+    flax_ratio = next(v for k, v in ratios.items() if k.startswith("recurrent/flax"))
+    gflops = row["recurrent_gflops"]
+    compile_text = " / ".join(
+      f"{comp[i]:.2f}" if i in comp else dash
+      for i in ("recurrent", "rec+dropout", "flax", "flax-opt")
+    )
+    cells = [
+      ",".join(map(str, row["shape"])),
+      row["cell"].upper(),
+      row["mode"],
+      str(row["repeats"]),
+      ms("recurrent"),
+      ms("rec+dropout"),
+      ms("flax"),
+      ms("flax-opt"),
+      ms("torch"),
+      f"{ratios['recurrent/torch']:.2f}",
+      f"{flax_ratio:.2f}",
+      f"{ratios['dropout/no-dropout']:.2f}" if "dropout/no-dropout" in ratios else dash,
+      f"{gflops:.0f} ({100 * gflops / peak:.0f}%)",
+      compile_text,
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def environment() -> dict:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jaxlib": importlib.metadata.version("jaxlib"),
+    "flax": flax.__version__,
+    "torch": torch.__version__,
+    "recurrent": recurrent.__version__,
+    "jax_backend": jax.default_backend(),
+    "cpu": cpu,
+    "cpu_count": os.cpu_count(),
+    "torch_threads": torch.get_num_threads(),
+  }
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--shapes",
+    nargs="+",
+    type=parse_shape,
+    default=list(DEFAULT_SHAPES),
+    metavar="B,T,I,H",
+    help="shapes to run (default: %(default)s); e.g. 64,200,256,512",
+  )
+  parser.add_argument(
+    "--cells", nargs="+", choices=("lstm", "gru"), default=["lstm", "gru"], help="cells to run"
+  )
+  parser.add_argument(
+    "--repeats",
+    type=int,
+    default=25,
+    help="timed calls per implementation and row (default %(default)s)",
+  )
+  parser.add_argument(
+    "--row-seconds",
+    type=float,
+    default=10.0,
+    help=f"stop repeating a row after this many seconds, once it has {MIN_REPEATS} calls per"
+    " implementation (default %(default)s; the default run then stays within about 5 minutes"
+    " even on a loaded 2-core machine)",
+  )
+  parser.add_argument("--json", metavar="PATH", help="also write every sample to this file")
+  args = parser.parse_args(argv)
+  if args.repeats < 1:
+    parser.error(f"--repeats must be >= 1, got {args.repeats}")
+
+  started = time.perf_counter()
+  jax.config.update("jax_platforms", "cpu")
+  torch.set_num_threads(TORCH_THREADS)
+
+  def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+  env = environment()
+  load_start = os.getloadavg()
+  log(
+    f"jax {env['jax']} ({env['jax_backend']}), flax {env['flax']}, torch {env['torch']}"
+    f" ({env['torch_threads']} threads), {env['cpu_count']} x {env['cpu']};"
+    f" load average {load_start[0]:.2f}"
+  )
+  if load_start[0] > 0.5:
+    log(
+      f"warning: load average {load_start[0]:.2f} on {env['cpu_count']} cores: other processes"
+      " are running, absolute times will be slow and noisy (ratios of interleaved runs less so)"
+    )
+  peak_start = matmul_peak()
+  log(
+    f"float32 2048x2048 matmul peak: jnp.dot {peak_start['jax']:.0f} GFLOP/s,"
+    f" torch.mm {peak_start['torch']:.0f} GFLOP/s"
+  )
+
+  rows = []
+  try:
+    for shape in args.shapes:
+      for cell_name in args.cells:
+        rows += bench_cell(tuple(shape), cell_name, args.repeats, args.row_seconds, log)
+  except MismatchError as e:
+    log(f"\nMISMATCH: {e}")
+    return 1
+  peak_end = matmul_peak()
+  peak = {k: max(peak_start[k], peak_end[k]) for k in peak_start}
+  elapsed = time.perf_counter() - started
+  load_end = os.getloadavg()
+
+  print(
+    f"\nrecurrent {env['recurrent']}: jax {env['jax']}, flax {env['flax']}, torch"
+    f" {env['torch']} ({env['torch_threads']} threads); {env['cpu_count']} x {env['cpu']};"
+    f" float32; median of n interleaved calls"
+  )
+  print(
+    f"float32 2048x2048 matmul peak (GFLOP/s, median of 10, before / after the rows):"
+    f" jnp.dot {peak_start['jax']:.0f} / {peak_end['jax']:.0f},"
+    f" torch.mm {peak_start['torch']:.0f} / {peak_end['torch']:.0f}\n"
+  )
+  print(table(rows, peak["jax"]))
+  print(
+    f"\nAll implementations matched recurrent (outputs < {OUTPUT_ATOL} abs; gradients w.r.t."
+    f" params and inputs < {GRAD_RTOL} relative to max(1, max |grad|))."
+    f" Load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end;"
+    f" total {elapsed:.0f} s."
+  )
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(
+        {
+          "environment": env,
+          "repeats": args.repeats,
+          "row_seconds": args.row_seconds,
+          "matmul_peak_gflops": {"start": peak_start, "end": peak_end},
+          "load_average": {"start": load_start, "end": load_end},
+          "total_s": elapsed,
+          "rows": rows,
+        },
+        f,
+        indent=1,
+      )
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,585 @@
+"""Bad inputs raise the library's own errors, in Python, before anything is traced.
+
+Shape legend: B batch, T time, I input size, H hidden size.
+
+Property checked throughout (CONVENTIONS.md, "Small things"): an error names the argument,
+what it got and what was expected. Every case runs twice, eagerly and inside ``jax.jit``
+(its arrays passed as traced arguments, so only their static shape and dtype are known):
+both must raise the same exception type with the same message, and the innermost frame
+of the traceback must be a ``raise`` statement in ``recurrent/`` (a Python check), not a
+JAX or XLA error surfacing from inside a computation.
+"""
+
+import linecache
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import recurrent
+
+LIBRARY_DIR = pathlib.Path(recurrent.__file__).resolve().parent
+
+B, T, IN, H = 2, 5, 3, 4
+
+LSTM = recurrent.lstm(H)
+GRU = recurrent.gru(H)
+
+
+def zero_params(init):
+  """Zero params shaped like ``init(key)``: only shapes matter here, and this avoids
+  compiling the initialisers."""
+  return jax.tree.map(
+    lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(init, jax.random.key(0))
+  )
+
+
+P_LSTM = zero_params(lambda k: LSTM.init(k, IN))
+P_GRU = zero_params(lambda k: GRU.init(k, IN))
+P_BI = recurrent.Bidirectional(P_LSTM, P_LSTM)
+P_STACK = zero_params(lambda k: recurrent.init_layers(LSTM, k, IN, 2))
+P_STACK_BI = zero_params(lambda k: recurrent.init_layers(LSTM, k, IN, 2, bidirectional=True))
+
+XS = jnp.ones((B, T, IN), jnp.float32)
+KEYS = recurrent.sequence_keys(jax.random.key(5), B)
+CARRY = LSTM.initial_carry((B,))
+
+
+def _innermost_frame(excinfo):
+  tb = excinfo.tb
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  filename = tb.tb_frame.f_code.co_filename
+  return pathlib.Path(filename).resolve(), linecache.getline(filename, tb.tb_lineno).strip()
+
+
+def assert_library_raise(excinfo):
+  """The exception comes from a ``raise`` statement in recurrent/ (a Python check)."""
+  path, line = _innermost_frame(excinfo)
+  assert path.parent == LIBRARY_DIR and line.startswith("raise"), (
+    f"{excinfo.type.__name__} was not raised by a check in recurrent/: innermost frame"
+    f" {path}: {line!r}; message: {excinfo.value}"
+  )
+
+
+def raises(exc, match):
+  """``pytest.raises`` matching ``match`` against the message line by line (``(?m)``): under
+  jit JAX appends a note about filtered frames after the message, which ``match`` sees."""
+  return pytest.raises(exc, match="(?m)" + match)
+
+
+def check_raises(call, arrays, exc, match, same_message=True):
+  """``call(**arrays)`` raises ``exc`` matching ``match``, eagerly and under ``jax.jit``
+  with ``arrays`` traced; same type, same message (unless it quotes the value got, which
+  is a tracer under jit), raised by the library."""
+  with raises(exc, match) as eager:
+    call(**arrays)
+  assert_library_raise(eager)
+  with raises(exc, match) as jitted:
+    jax.jit(lambda a: call(**a))(arrays)
+  assert_library_raise(jitted)
+  assert jitted.type is eager.type
+  if same_message:
+    assert str(jitted.value) == str(eager.value)
+
+
+def scan_call(cell=LSTM, params=P_LSTM, **kwargs):
+  return lambda xs, **arrays: recurrent.scan(cell, params, xs, **kwargs, **arrays)
+
+
+# ----------------------------------------------------------------------------- xs
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("cell,params", [(LSTM, P_LSTM), (GRU, P_GRU)], ids=["lstm", "gru"])
+def test_xs_wrong_feature_size(cell, params, time_major):
+  """xs [B, T, 7] against params for I=3: ValueError naming xs, 7 and input_size 3."""
+  xs = jnp.ones((T, B, 7) if time_major else (B, T, 7))
+  check_raises(
+    scan_call(cell, params, time_major=time_major),
+    {"xs": xs},
+    ValueError,
+    r"^xs has feature size 7 but params expect input_size 3$",
+  )
+
+
+@pytest.mark.parametrize(
+  "run",
+  [
+    lambda xs: recurrent.bidirectional(LSTM, P_BI, xs),
+    lambda xs: recurrent.stack(LSTM, P_STACK_BI, xs),
+    lambda xs: recurrent.trace(LSTM, P_LSTM, xs),
+  ],
+  ids=["bidirectional", "stack", "trace"],
+)
+def test_xs_wrong_feature_size_in_layers(run):
+  """The layers and trace check xs's feature size as scan does."""
+  check_raises(
+    run,
+    {"xs": jnp.ones((B, T, 6))},
+    ValueError,
+    r"^xs has feature size 6 but params expect input_size 3$",
+  )
+
+
+@pytest.mark.parametrize("shape", [(IN,), ()])
+def test_xs_too_few_dims(shape):
+  """xs needs at least [T, I]: ValueError naming xs, the layout and the shape got."""
+  check_raises(
+    scan_call(),
+    {"xs": jnp.ones(shape)},
+    ValueError,
+    r"^xs must have shape \[B\.\.\., T, I\] \(at least \[T, I\]\), got shape "
+    + re.escape(str(shape)),
+  )
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.uint8])
+def test_xs_not_floating(dtype):
+  """Integer (token) xs: TypeError naming xs, its dtype and the floating dtypes expected."""
+  check_raises(
+    scan_call(),
+    {"xs": jnp.ones((B, T, IN), dtype)},
+    TypeError,
+    rf"^xs has dtype {jnp.dtype(dtype).name}; expected a floating dtype",
+  )
+
+
+def test_xs_not_an_array():
+  """A nested list is not an array: TypeError naming xs (eager only: jit needs arrays)."""
+  with raises(TypeError, r"^xs must be an array, got list$") as e:
+    recurrent.scan(LSTM, P_LSTM, [[[1.0] * IN] * T] * B)
+  assert_library_raise(e)
+
+
+# -------------------------------------------------------------------- initial_carry
+
+
+@pytest.mark.parametrize(
+  "carry,expected",
+  [
+    (recurrent.LSTMState(jnp.zeros((3, H)), jnp.zeros((3, H))), r"\(3, 4\); expected \(2, 4\)"),
+    (recurrent.LSTMState(jnp.zeros((B, 5)), jnp.zeros((B, 5))), r"\(2, 5\); expected \(2, 4\)"),
+    (recurrent.LSTMState(jnp.zeros((H,)), jnp.zeros((H,))), r"\(4,\); expected \(2, 4\)"),
+  ],
+  ids=["batch", "hidden", "unbatched"],
+)
+def test_initial_carry_wrong_shape(carry, expected):
+  """A carry whose leaves are not [B, H]: ValueError naming initial_carry and both shapes."""
+  check_raises(
+    lambda xs, initial_carry: recurrent.scan(LSTM, P_LSTM, xs, initial_carry=initial_carry),
+    {"xs": XS, "initial_carry": carry},
+    ValueError,
+    r"^initial_carry has leaves of shape " + expected,
+  )
+
+
+@pytest.mark.parametrize(
+  "carry",
+  [
+    (jnp.zeros((B, H)), jnp.zeros((B, H))),  # a plain (h, c) tuple
+    recurrent.GRUState(jnp.zeros((B, H))),  # another cell's carry
+    jnp.zeros((B, H)),  # a bare array
+    [CARRY],  # wrapped in a list
+  ],
+  ids=["tuple", "gru_state", "array", "list"],
+)
+def test_initial_carry_wrong_structure(carry):
+  """An LSTM needs an LSTMState: ValueError naming initial_carry and both structures."""
+  check_raises(
+    lambda xs, initial_carry: recurrent.scan(LSTM, P_LSTM, xs, initial_carry=initial_carry),
+    {"xs": XS, "initial_carry": carry},
+    ValueError,
+    r"^initial_carry has structure .*; expected .*LSTMState",
+  )
+
+
+def test_initial_carry_integer():
+  """An integer carry: TypeError naming initial_carry and its dtype."""
+  carry = recurrent.LSTMState(jnp.zeros((B, H), jnp.int32), jnp.zeros((B, H), jnp.int32))
+  check_raises(
+    lambda xs, initial_carry: recurrent.scan(LSTM, P_LSTM, xs, initial_carry=initial_carry),
+    {"xs": XS, "initial_carry": carry},
+    TypeError,
+    r"^initial_carry has dtype int32; expected a floating dtype",
+  )
+
+
+@pytest.mark.parametrize(
+  "carry",
+  [CARRY, (CARRY, CARRY)],
+  ids=["cell_carry", "plain_tuple"],
+)
+def test_bidirectional_initial_carry_not_a_pair(carry):
+  """bidirectional() needs Bidirectional(forward, backward) carries; anything else is a
+  ValueError or TypeError naming initial_carry (not an AttributeError on ``.forward``)."""
+  check_raises(
+    lambda xs, initial_carry: recurrent.bidirectional(LSTM, P_BI, xs, initial_carry=initial_carry),
+    {"xs": XS, "initial_carry": carry},
+    (ValueError, TypeError),
+    r"initial_carry",
+  )
+
+
+def test_stack_bidirectional_layer_carry_not_a_pair():
+  """In a stack, a bidirectional layer's carry must be a Bidirectional pair; a cell carry
+  there is a ValueError or TypeError naming initial_carry."""
+  carries = [recurrent.Bidirectional(CARRY, CARRY), CARRY]
+  check_raises(
+    lambda xs, initial_carry: recurrent.stack(LSTM, P_STACK_BI, xs, initial_carry=initial_carry),
+    {"xs": XS, "initial_carry": carries},
+    (ValueError, TypeError),
+    r"initial_carry",
+  )
+
+
+@pytest.mark.parametrize("num", [1, 3])
+def test_stack_initial_carry_wrong_length(num):
+  """One carry per layer: ValueError naming initial_carry, the count got and expected."""
+  check_raises(
+    lambda xs, initial_carry: recurrent.stack(LSTM, P_STACK, xs, initial_carry=initial_carry),
+    {"xs": XS, "initial_carry": [CARRY] * num},
+    ValueError,
+    rf"^initial_carry has {num} layers; expected one per layer \(2\)$",
+  )
+
+
+# ---------------------------------------------------------------------- seq_lengths
+
+
+@pytest.mark.parametrize("shape", [(3,), (), (B, 1)])
+def test_seq_lengths_wrong_shape(shape):
+  """seq_lengths must have the batch shape of xs: ValueError naming both shapes."""
+  check_raises(
+    lambda xs, seq_lengths: recurrent.scan(LSTM, P_LSTM, xs, seq_lengths=seq_lengths),
+    {"xs": XS, "seq_lengths": jnp.full(shape, 2, jnp.int32)},
+    ValueError,
+    r"^seq_lengths has shape " + re.escape(str(shape)) + r"; expected the batch shape \(2,\)",
+  )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bool_])
+def test_seq_lengths_not_integer(dtype):
+  """Float (or bool) seq_lengths: TypeError naming seq_lengths and its dtype."""
+  check_raises(
+    lambda xs, seq_lengths: recurrent.scan(LSTM, P_LSTM, xs, seq_lengths=seq_lengths),
+    {"xs": XS, "seq_lengths": jnp.array([1, 2], dtype)},
+    TypeError,
+    rf"^seq_lengths must be integers, got dtype {jnp.dtype(dtype).name}$",
+  )
+
+
+@pytest.mark.parametrize("lengths", [[-1, 3], [2, 6], [0, 100]])
+def test_seq_lengths_out_of_range(lengths):
+  """Lengths outside [0, T]: ValueError giving the range and the values got. Inside jit the
+  lengths are a concrete (closed-over) array, so the check still runs at trace time."""
+  lengths = np.array(lengths, np.int32)
+  check_raises(
+    lambda xs: recurrent.scan(LSTM, P_LSTM, xs, seq_lengths=lengths),
+    {"xs": XS},
+    ValueError,
+    rf"^seq_lengths must be in \[0, 5\] \(the number of time steps\), got values from"
+    rf" {lengths.min()} to {lengths.max()}$",
+  )
+
+
+def test_seq_lengths_list_out_of_range():
+  """A Python list of lengths is checked like an array."""
+  with raises(ValueError, r"^seq_lengths must be in \[0, 5\]") as e:
+    recurrent.scan(LSTM, P_LSTM, XS, seq_lengths=[1, 9])
+  assert_library_raise(e)
+
+
+# ---------------------------------------------------------------------------- rates
+
+BAD_RATES = [-0.1, 1.0, 1.5]
+DRIVERS = {
+  "scan": lambda xs, **kw: recurrent.scan(LSTM, P_LSTM, xs, **kw),
+  "bidirectional": lambda xs, **kw: recurrent.bidirectional(LSTM, P_BI, xs, **kw),
+  "stack": lambda xs, **kw: recurrent.stack(LSTM, P_STACK_BI, xs, **kw),
+}
+
+
+@pytest.mark.parametrize("rate", BAD_RATES)
+@pytest.mark.parametrize("name", ["dropout", "recurrent_dropout"])
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_rate_out_of_range(driver, name, rate):
+  """A rate outside [0, 1) (with valid keys): ValueError naming the argument and value."""
+  run = DRIVERS[driver]
+  check_raises(
+    lambda xs, key: run(xs, key=key, **{name: rate}),
+    {"xs": XS, "key": KEYS},
+    ValueError,
+    rf"^{name} must be in \[0, 1\), got {rate}$",
+  )
+
+
+@pytest.mark.parametrize("name", ["dropout", "recurrent_dropout"])
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_rate_out_of_range_without_key(driver, name):
+  """An invalid rate is reported as such even when no key is given: the rate is checked
+  before the keys it would need, by every driver alike."""
+  run = DRIVERS[driver]
+  check_raises(
+    lambda xs: run(xs, **{name: 1.5}),
+    {"xs": XS},
+    ValueError,
+    rf"^{name} must be in \[0, 1\), got 1.5$",
+  )
+
+
+@pytest.mark.parametrize("name", ["dropout", "recurrent_dropout"])
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_rate_traced(driver, name):
+  """A rate passed through jit as an array is not a Python float: TypeError naming the
+  argument (not a JAX tracer-conversion error)."""
+  run = DRIVERS[driver]
+  with raises(TypeError, rf"^{name} must be a Python float in \[0, 1\)") as e:
+    jax.jit(lambda xs, key, r: run(xs, key=key, **{name: r}))(XS, KEYS, jnp.float32(0.5))
+  assert_library_raise(e)
+
+
+@pytest.mark.parametrize("rates", [(0.1,), (0.1, 0.1, 0.1)])
+@pytest.mark.parametrize("name", ["dropout", "recurrent_dropout"])
+def test_stack_wrong_number_of_rates(name, rates):
+  """Per-layer rates need one per layer: ValueError naming the argument and both counts."""
+  check_raises(
+    lambda xs, key: recurrent.stack(LSTM, P_STACK, xs, key=key, **{name: rates}),
+    {"xs": XS, "key": KEYS},
+    ValueError,
+    rf"^{name} has {len(rates)} rates; expected one per layer \(2\)$",
+  )
+
+
+@pytest.mark.parametrize("name", ["dropout", "recurrent_dropout"])
+def test_stack_per_layer_rate_out_of_range(name):
+  """Each per-layer rate is range-checked."""
+  check_raises(
+    lambda xs, key: recurrent.stack(LSTM, P_STACK, xs, key=key, **{name: (0.1, 1.0)}),
+    {"xs": XS, "key": KEYS},
+    ValueError,
+    rf"^{name} must be in \[0, 1\), got 1.0$",
+  )
+
+
+def test_dropout_apply_rate_out_of_range():
+  """dropout.apply checks its rate like the drivers."""
+  check_raises(
+    lambda xs, keys: recurrent.dropout.apply(keys, xs, 1.0),
+    {"xs": XS, "keys": KEYS},
+    ValueError,
+    r"^rate must be in \[0, 1\), got 1.0$",
+  )
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+@pytest.mark.parametrize("driver", list(DRIVERS))
+@pytest.mark.parametrize("name", ["dropout", "recurrent_dropout"])
+def test_dropout_without_key(driver, name):
+  """Dropout on but no key: ValueError that mentions the key and how to make one."""
+  run = DRIVERS[driver]
+  check_raises(
+    lambda xs: run(xs, **{name: 0.25}),
+    {"xs": XS},
+    ValueError,
+    r"^dropout is on but key is None: pass one PRNG key per sequence"
+    r" \(recurrent\.sequence_keys\(key, example_ids\)\), or deterministic=True$",
+  )
+
+
+def test_dropout_apply_without_key():
+  """dropout.apply with a non-zero rate and no keys: ValueError mentioning keys."""
+  check_raises(
+    lambda xs: recurrent.dropout.apply(None, xs, 0.5),
+    {"xs": XS},
+    ValueError,
+    r"^dropout is on but keys is None",
+  )
+
+
+SINGLE_KEYS = {
+  "typed": jax.random.key(0),
+  "raw": jax.random.PRNGKey(0),
+}
+
+
+@pytest.mark.parametrize("kind", list(SINGLE_KEYS))
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_single_key_for_a_batch(driver, kind):
+  """One key for a batch of 4: ValueError giving both shapes and suggesting sequence_keys."""
+  run = DRIVERS[driver]
+  check_raises(
+    lambda xs, key: run(xs, key=key, dropout=0.25),
+    {"xs": jnp.ones((4, T, IN)), "key": SINGLE_KEYS[kind]},
+    ValueError,
+    r"^key has shape \(\); expected one key per sequence, shape \(4,\)\. Make them with"
+    r" recurrent\.sequence_keys\(key, example_ids\)",
+  )
+
+
+def test_keys_for_another_batch_size():
+  """Keys made for 3 sequences with xs of 4: ValueError giving both shapes."""
+  check_raises(
+    lambda xs, key: recurrent.scan(LSTM, P_LSTM, xs, key=key, recurrent_dropout=0.25),
+    {"xs": jnp.ones((4, T, IN)), "key": recurrent.sequence_keys(jax.random.key(0), 3)},
+    ValueError,
+    r"^key has shape \(3,\); expected one key per sequence, shape \(4,\)",
+  )
+
+
+def test_dropout_apply_wrong_key_shape():
+  """dropout.apply with one key for a batch: ValueError naming keys, suggesting
+  sequence_keys."""
+  check_raises(
+    lambda xs, keys: recurrent.dropout.apply(keys, xs, 0.5),
+    {"xs": XS, "keys": jax.random.key(0)},
+    ValueError,
+    r"^keys has shape \(\); expected one key per sequence, shape \(2,\)\. Make them with"
+    r" recurrent\.sequence_keys",
+  )
+
+
+@pytest.mark.parametrize(
+  "key",
+  [jnp.zeros((B, 2), jnp.float32), jnp.zeros((B, 3), jnp.uint32)],
+  ids=["float", "raw_wrong_width"],
+)
+def test_key_not_a_key(key):
+  """Something that is not key data: TypeError naming key."""
+  check_raises(
+    lambda xs, key: recurrent.scan(LSTM, P_LSTM, xs, key=key, dropout=0.25),
+    {"xs": XS, "key": key},
+    TypeError,
+    r"^key must be a PRNG key array, got ",
+    same_message=False,
+  )
+
+
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_deterministic_traced(driver):
+  """``deterministic`` passed through jit as an array: a TypeError or ValueError naming
+  deterministic (it must be a Python bool), not a JAX tracer-conversion error."""
+  run = DRIVERS[driver]
+  with raises((TypeError, ValueError), "deterministic") as e:
+    jax.jit(lambda xs, key, d: run(xs, key=key, dropout=0.25, deterministic=d))(
+      XS, KEYS, jnp.bool_(True)
+    )
+  assert_library_raise(e)
+
+
+# ------------------------------------------------------------- layers and utilities
+
+
+def test_bidirectional_reverse():
+  """bidirectional() runs both directions: reverse= is a TypeError saying so."""
+  for reverse in (True, False):
+    check_raises(
+      lambda xs, reverse=reverse: recurrent.bidirectional(LSTM, P_BI, xs, reverse=reverse),
+      {"xs": XS},
+      TypeError,
+      r"^bidirectional\(\) runs both directions; it takes no reverse argument$",
+    )
+
+
+def test_trace_unknown_argument():
+  """trace() takes scan's arguments only: TypeError listing the unknown ones."""
+  check_raises(
+    lambda xs: recurrent.trace(LSTM, P_LSTM, xs, revrese=True),
+    {"xs": XS},
+    TypeError,
+    r"^trace\(\) got unexpected arguments \['revrese'\]$",
+  )
+
+
+@pytest.mark.parametrize("num_layers", [0, -1])
+def test_init_layers_no_layers(num_layers):
+  """init_layers needs at least one layer: ValueError naming num_layers and the value."""
+  check_raises(
+    lambda key: recurrent.init_layers(LSTM, key, IN, num_layers),
+    {"key": jax.random.key(0)},
+    ValueError,
+    rf"^num_layers must be >= 1, got {num_layers}$",
+  )
+
+
+def test_stack_no_layers():
+  """stack with an empty params list: ValueError naming params."""
+  check_raises(
+    lambda xs: recurrent.stack(LSTM, [], xs),
+    {"xs": XS},
+    ValueError,
+    r"^params must hold at least one layer, got an empty list$",
+  )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bool_])
+def test_sequence_keys_non_integer_ids(dtype):
+  """sequence_keys with float ids: TypeError naming example_ids and the dtype."""
+  check_raises(
+    lambda key, ids: recurrent.sequence_keys(key, ids),
+    {"key": jax.random.key(0), "ids": jnp.array([0, 1], dtype)},
+    TypeError,
+    rf"^example_ids must be integers, got dtype {jnp.dtype(dtype).name}$",
+  )
+
+
+def test_sequence_keys_float_python_ids():
+  """A Python list of floats as ids: TypeError naming example_ids (eager only)."""
+  with raises(TypeError, r"^example_ids must be integers, got dtype float") as e:
+    recurrent.sequence_keys(jax.random.key(0), [0.0, 1.0])
+  assert_library_raise(e)
+
+
+@pytest.mark.parametrize(
+  "key",
+  [recurrent.sequence_keys(jax.random.key(0), 3), jax.random.split(jax.random.PRNGKey(0), 3)],
+  ids=["typed", "raw"],
+)
+def test_sequence_keys_needs_one_key(key):
+  """sequence_keys takes a single key: ValueError giving the shape got."""
+  check_raises(
+    lambda key: recurrent.sequence_keys(key, jnp.arange(4)),
+    {"key": key},
+    ValueError,
+    r"^key must be a single key, got a key array of shape \(3,\)$",
+  )
+
+
+def test_valid_calls_pass():
+  """Control: the valid versions of the calls above raise nothing when traced (where every
+  check above runs), so the errors above are caused by the bad argument alone."""
+
+  def run(xs, keys, lengths, carry):
+    recurrent.scan(
+      LSTM, P_LSTM, xs, seq_lengths=lengths, initial_carry=carry, dropout=0.1, key=keys
+    )
+    recurrent.bidirectional(
+      LSTM,
+      P_BI,
+      xs,
+      seq_lengths=lengths,
+      recurrent_dropout=0.1,
+      key=keys,
+      initial_carry=recurrent.Bidirectional(carry, carry),
+    )
+    _, ys = recurrent.stack(
+      LSTM,
+      P_STACK,
+      xs,
+      seq_lengths=lengths,
+      dropout=(0.0, 0.5),
+      initial_carry=[carry, carry],
+      recurrent_dropout=0.0,
+      key=keys,
+    )
+    return ys
+
+  args = (XS, KEYS, jnp.array([0, T], jnp.int32), CARRY)
+  assert jax.eval_shape(run, *args).shape == (B, T, H)
+  raw_keys = jax.random.key_data(KEYS)
+  assert jax.eval_shape(run, XS, raw_keys, np.array([1, 2]), CARRY).shape == (B, T, H)
