@@ -41,6 +41,13 @@ class Cell(NamedTuple):
     hidden_size: H.
     num_gates: G.
     name: ``'lstm'`` or ``'gru'``.
+    pointwise: ``pointwise(extra, carry, xp_t, hh) -> (carry, h, gates)``, the step after
+      the recurrent matmul ``hh = (h * mask) @ w_hh`` (a tuple of G arrays ``[..., H]``),
+      or None for cells whose step is not shaped that way (reset-before GRU). With it the
+      driver uses the hand-written backward pass of :mod:`recurrent.fused`.
+    pointwise_params: ``pointwise_params(params) -> extra``, the params ``pointwise``
+      reads (e.g. the GRU's ``b_hn``; None for the LSTM).
+    dtype: the matmul operand dtype the cell was made with (None: the params' dtype).
   """
 
   init: Callable[..., Any]
@@ -51,6 +58,9 @@ class Cell(NamedTuple):
   hidden_size: int
   num_gates: int
   name: str
+  pointwise: Callable[..., Any] | None = None
+  pointwise_params: Callable[..., Any] | None = None
+  dtype: Any = None
 
 
 def dot(x: Array, w: Array, dtype) -> Array:
@@ -91,6 +101,20 @@ def masked_gate_dot(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tu
       dot(x * m.astype(x.dtype), wg, dtype) for m, wg in zip(mask, gate_columns(w, num_gates))
     )
   return gate_split(dot(x * mask.astype(x.dtype), w, dtype), num_gates)
+
+
+def project_gates(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tuple:
+  """The hoisted input projection ``(x * mask) @ w`` as G matmuls, one per gate.
+
+  One ``[T, B, H]`` array per gate, not one ``[T, B, G*H]`` array split afterwards: on
+  XLA:CPU the split of the big array gets fused into the scan body's gate math, which
+  then runs several times slower (see PERFORMANCE-NOTES).
+  """
+  masks = mask if isinstance(mask, (tuple, list)) else (mask,) * num_gates
+  return tuple(
+    dot(x if m is None else x * m.astype(x.dtype), wg, dtype)
+    for m, wg in zip(masks, gate_columns(w, num_gates))
+  )
 
 
 def orthogonal_blocks(init, key, hidden_size: int, num_gates: int, dtype) -> Array:

@@ -109,34 +109,44 @@ def gru(
     b_hr, b_hz, b_hn = jnp.split(params.b_hh, 3)
     b_ir, b_iz, b_in = jnp.split(params.b_ih, 3)
     b_n = b_in if reset_after else b_in + b_hn
-    pre = _cell.masked_gate_dot(x, params.w_ih, mask, 3, dtype)
+    pre = _cell.project_gates(x, params.w_ih, mask, 3, dtype)
     return tuple(_cell.add_bias(p, b) for p, b in zip(pre, (b_ir + b_hr, b_iz + b_hz, b_n)))
+
+  def output(carry: GRUState, r, z, n):
+    new_h = (1.0 - z) * n + z * carry.h
+    out = new_h if dtype is None else new_h.astype(dtype)
+    return GRUState(new_h), out, GRUGates(r, z, n)
+
+  def pointwise(b_hn, carry: GRUState, xp, hh):
+    """Reset-after: everything after ``hh = h @ w_hh``."""
+    (x_r, x_z, x_n), (hh_r, hh_z, hh_n) = xp, hh
+    r = jax.nn.sigmoid(x_r + hh_r)
+    z = jax.nn.sigmoid(x_z + hh_z)
+    return output(carry, r, z, jnp.tanh(x_n + r * _cell.add_bias(hh_n, b_hn)))
+
+  def pointwise_params(params: GRUParams):
+    return jnp.split(params.b_hh, 3)[2]
 
   def recur(params: GRUParams, carry: GRUState, xp, mask=None):
     h = carry.h
+    if reset_after:
+      hh = _cell.masked_gate_dot(h, params.w_hh, mask, 3, dtype)
+      return pointwise(pointwise_params(params), carry, xp, hh)
     x_r, x_z, x_n = xp
     w_hr, w_hz, w_hn = _cell.gate_columns(params.w_hh, 3)
     masks = mask if isinstance(mask, (tuple, list)) else (mask,) * 3
     h_r, h_z, h_n = (h if m is None else h * m.astype(h.dtype) for m in masks)
-    if reset_after:
-      hh_r, hh_z, hh_n = _cell.masked_gate_dot(h, params.w_hh, mask, 3, dtype)
-      r = jax.nn.sigmoid(x_r + hh_r)
-      z = jax.nn.sigmoid(x_z + hh_z)
-      n = jnp.tanh(x_n + r * _cell.add_bias(hh_n, jnp.split(params.b_hh, 3)[2]))
+    if isinstance(mask, (tuple, list)):
+      hh_r, hh_z = _cell.dot(h_r, w_hr, dtype), _cell.dot(h_z, w_hz, dtype)
     else:
-      if isinstance(mask, (tuple, list)):
-        hh_r, hh_z = _cell.dot(h_r, w_hr, dtype), _cell.dot(h_z, w_hz, dtype)
-      else:
-        hh_r, hh_z = _cell.gate_split(_cell.dot(h_r, params.w_hh[:, : 2 * hs], dtype), 2)
-      r = jax.nn.sigmoid(x_r + hh_r)
-      z = jax.nn.sigmoid(x_z + hh_z)
-      n = jnp.tanh(x_n + _cell.dot(r * h_n, w_hn, dtype))
-    new_h = (1.0 - z) * n + z * h
-    out = new_h if dtype is None else new_h.astype(dtype)
-    return GRUState(new_h), out, GRUGates(r, z, n)
+      hh_r, hh_z = _cell.gate_split(_cell.dot(h_r, params.w_hh[:, : 2 * hs], dtype), 2)
+    r = jax.nn.sigmoid(x_r + hh_r)
+    z = jax.nn.sigmoid(x_z + hh_z)
+    return output(carry, r, z, jnp.tanh(x_n + _cell.dot(r * h_n, w_hn, dtype)))
 
   def step(params: GRUParams, carry: GRUState, x):
     new_carry, h, _ = recur(params, carry, project(params, x))
     return new_carry, h
 
-  return _cell.Cell(init, initial_carry, project, recur, step, hs, 3, "gru")
+  fused = (pointwise, pointwise_params) if reset_after else (None, None)
+  return _cell.Cell(init, initial_carry, project, recur, step, hs, 3, "gru", *fused, dtype)

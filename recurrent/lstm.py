@@ -106,11 +106,11 @@ def lstm(
     return LSTMState(*_cell.zeros_carry(2, hs, batch_shape, dtype or param_dtype))
 
   def project(params: LSTMParams, x, mask=None) -> tuple:
-    pre = _cell.masked_gate_dot(x, params.w_ih, mask, 4, dtype)
+    pre = _cell.project_gates(x, params.w_ih, mask, 4, dtype)
     return tuple(_cell.add_bias(p, b) for p, b in zip(pre, jnp.split(params.b, 4)))
 
-  def recur(params: LSTMParams, carry: LSTMState, xp, mask=None):
-    hh = _cell.masked_gate_dot(carry.h, params.w_hh, mask, 4, dtype)
+  def pointwise(extra, carry: LSTMState, xp, hh):
+    del extra  # the LSTM's bias is all in the hoisted projection
     i, f, g, o = (x + r for x, r in zip(xp, hh))
     gates = LSTMGates(jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o))
     c = gates.f * carry.c + gates.i * gates.g
@@ -118,8 +118,13 @@ def lstm(
     out = h if dtype is None else h.astype(dtype)
     return LSTMState(h, c), out, gates
 
+  def recur(params: LSTMParams, carry: LSTMState, xp, mask=None):
+    return pointwise(None, carry, xp, _cell.masked_gate_dot(carry.h, params.w_hh, mask, 4, dtype))
+
   def step(params: LSTMParams, carry: LSTMState, x):
     new_carry, h, _ = recur(params, carry, project(params, x))
     return new_carry, h
 
-  return _cell.Cell(init, initial_carry, project, recur, step, hs, 4, "lstm")
+  return _cell.Cell(
+    init, initial_carry, project, recur, step, hs, 4, "lstm", pointwise, lambda params: None, dtype
+  )

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from recurrent import _checks
 from recurrent import dropout as _dropout
+from recurrent import fused as _fused
 
 
 def scan(
@@ -184,25 +185,32 @@ def _run(
       rec_mask = pick(ms)
 
   xs = xs if time_major else jnp.moveaxis(xs, -2, 0)
+  valid = None
   if lengths is not None:
+    steps = jnp.arange(num_steps, dtype=lengths.dtype)
+    valid = (steps.reshape((num_steps,) + (1,) * lengths.ndim) < lengths[None])[..., None]
     # Padding never reaches the cell: NaN or inf there would turn into NaN gradients
     # (0 * NaN) even though the held carry hides it from the outputs.
-    valid = jnp.arange(num_steps, dtype=lengths.dtype)[:, None] < lengths.reshape(1, -1)
-    xs = jnp.where(valid.reshape((num_steps,) + lengths.shape + (1,)), xs, jnp.zeros_like(xs))
+    xs = jnp.where(valid, xs, jnp.zeros_like(xs))
   xp = cell.project(params, xs, in_mask)
 
-  def body(carry, inputs):
-    xp_t, t = inputs
-    new, h, gates = cell.recur(params, carry, xp_t, rec_mask)
-    if lengths is not None:
-      valid = (t < lengths)[..., None]
-      new = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, carry)
-      h = jnp.where(valid, h, jnp.zeros_like(h))
-      gates = jax.tree.map(lambda g: jnp.where(valid, g, jnp.zeros_like(g)), gates)
-    return new, ((new, gates) if trace else h)
+  if not trace and cell.pointwise is not None and not isinstance(rec_mask, tuple):
+    final, ys = _fused.recurrence(
+      cell.pointwise, reverse, unroll, cell.dtype, params.w_hh,
+      cell.pointwise_params(params), carry, xp, valid, rec_mask,
+    )  # fmt: skip
+  else:
 
-  steps = jnp.arange(num_steps, dtype=None if lengths is None else lengths.dtype)
-  final, ys = jax.lax.scan(body, carry, (xp, steps), reverse=reverse, unroll=unroll)
+    def body(carry, inputs):
+      xp_t, valid_t = inputs
+      new, h, gates = cell.recur(params, carry, xp_t, rec_mask)
+      if valid_t is not None:
+        new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
+        h = jnp.where(valid_t, h, jnp.zeros_like(h))
+        gates = jax.tree.map(lambda g: jnp.where(valid_t, g, jnp.zeros_like(g)), gates)
+      return new, ((new, gates) if trace else h)
+
+    final, ys = jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
   if not time_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
   return final, ys

@@ -1,0 +1,112 @@
+"""The recurrence with a hand-written backward pass, as cuDNN's and oneDNN's RNN kernels do.
+
+Shape legend: B batch (any leading dims, or none), T time, H hidden size, G gates.
+
+Differentiating ``lax.scan`` directly accumulates the gradient of ``w_hh`` with one small
+``[H, B] @ [B, G*H]`` matmul per step. Here the backward recurrence only keeps each step's
+gradient of the recurrent pre-activation ``dz_t [B..., G*H]``, and the weight gradient is
+one large matmul after the loop: ``dW_hh = sum_t (h_{t-1} * m)^T dz_t``. The gradient of
+the hoisted input projection is ``dz_t`` itself, so autodiff of ``cell.project`` turns it
+into one matmul for ``w_ih`` and one for the inputs.
+
+It serves any cell whose step is ``hh = (h * m) @ w_hh`` followed by pointwise math
+(``cell.pointwise``): the LSTM and the reset-after GRU. The driver falls back to plain
+autodiff for the others (reset-before GRU, one recurrent mask per gate, ``trace``).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from recurrent import cell as _cell
+
+
+def _step(pointwise, extra, carry, xp_t, hh, valid_t):
+  """One step after the recurrent matmul, holding the carry past a sequence's end."""
+  new, h, _ = pointwise(extra, carry, xp_t, hh)
+  if valid_t is not None:
+    new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
+    h = jnp.where(valid_t, h, jnp.zeros_like(h))
+  return new, h
+
+
+def _masked_h(carry_h, mask):
+  return carry_h if mask is None else carry_h * mask
+
+
+def _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
+  num_gates = len(xp)
+
+  def body(carry, inputs):
+    xp_t, valid_t = inputs
+    hh = _cell.gate_split(_cell.dot(_masked_h(carry.h, mask), w_hh, dtype), num_gates)
+    new, h = _step(pointwise, extra, carry, xp_t, hh, valid_t)
+    return new, (h, (carry, hh))
+
+  return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def recurrence(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
+  """Runs the recurrence over hoisted projections; returns ``(final_carry, ys)``.
+
+  Args:
+    pointwise: ``cell.pointwise(extra, carry, xp_t, hh) -> (carry, h, gates)``.
+    reverse, unroll: as in ``lax.scan``.
+    dtype: matmul operand dtype, or None.
+    w_hh: ``[H, G*H]``.
+    extra: ``cell.pointwise_params(params)``, the params the pointwise math uses.
+    carry: the initial carry, leaves ``[B..., H]``.
+    xp: tuple of G projections ``[T, B..., H]`` (``cell.project``).
+    valid: bool ``[T, B..., 1]``, or None when every step is valid.
+    mask: recurrent dropout mask ``[B..., H]``, or None.
+
+  Returns:
+    The carry after the last valid step and the outputs ``[T, B..., H]``.
+  """
+  final, (ys, _) = _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask)
+  return final, ys
+
+
+def _recurrence_fwd(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
+  final, (ys, (carries, hhs)) = _forward(
+    pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask
+  )
+  return (final, ys), (w_hh, extra, carries, hhs, xp, valid, mask)
+
+
+def _recurrence_bwd(pointwise, reverse, unroll, dtype, residuals, cotangents):
+  w_hh, extra, carries, hhs, xp, valid, mask = residuals
+  d_final, d_ys = cotangents
+  w_hh_t = w_hh.T
+
+  def body(acc, inputs):
+    d_carry, d_extra = acc
+    carry, xp_t, hh, valid_t, dy = inputs
+    _, vjp = jax.vjp(
+      lambda e, c, x, z: _step(pointwise, e, c, x, z, valid_t), extra, carry, xp_t, hh
+    )
+    de, dc, dx, dz = vjp((d_carry, dy))
+    dz = jnp.concatenate(dz, axis=-1)
+    dh = _cell.dot(dz, w_hh_t, dtype)
+    dc = dc._replace(h=dc.h + _masked_h(dh, mask))
+    return (dc, jax.tree.map(jnp.add, d_extra, de)), (dx, dz)
+
+  zeros_extra = jax.tree.map(jnp.zeros_like, extra)
+  (d_carry, d_extra), (d_xp, dzs) = jax.lax.scan(
+    body,
+    (d_final, zeros_extra),
+    (carries, xp, hhs, valid, d_ys),
+    reverse=not reverse,
+    unroll=unroll,
+  )
+  hidden = w_hh.shape[0]
+  hm = carries.h if mask is None else carries.h * mask[None]
+  hm = hm.reshape(-1, hidden)
+  d_w_hh = _cell.dot(hm.T, dzs.reshape(-1, dzs.shape[-1]), dtype).astype(w_hh.dtype)
+  d_mask = None if mask is None else jnp.zeros_like(mask)
+  return d_w_hh, d_extra, d_carry, d_xp, None, d_mask
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
