@@ -40,8 +40,8 @@ def _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, m
 
   def body(carry, inputs):
     xp_t, valid_t = inputs
-    hh = _cell.gate_split(_cell.dot(_masked_h(carry.h, mask), w_hh, dtype), num_gates)
-    new, h = _step(pointwise, extra, carry, xp_t, hh, valid_t)
+    hh = _cell.dot(_masked_h(carry.h, mask), w_hh, dtype)
+    new, h = _step(pointwise, extra, carry, xp_t, _cell.gate_split(hh, num_gates), valid_t)
     return new, (h, (carry, hh))
 
   return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
@@ -85,10 +85,13 @@ def _recurrence_bwd(pointwise, reverse, unroll, dtype, residuals, cotangents):
     d_carry, d_extra = acc
     carry, xp_t, hh, valid_t, dy = inputs
     _, vjp = jax.vjp(
-      lambda e, c, x, z: _step(pointwise, e, c, x, z, valid_t), extra, carry, xp_t, hh
+      lambda e, c, x, z: _step(pointwise, e, c, x, _cell.gate_split(z, len(x)), valid_t),
+      extra,
+      carry,
+      xp_t,
+      hh,
     )
     de, dc, dx, dz = vjp((d_carry, dy))
-    dz = jnp.concatenate(dz, axis=-1)
     dh = _cell.dot(dz, w_hh_t, dtype)
     dc = dc._replace(h=dc.h + _masked_h(dh, mask))
     return (dc, jax.tree.map(jnp.add, d_extra, de)), (dx, dz)

@@ -58,6 +58,13 @@ def scan(
       required when a rate is non-zero and not ``deterministic``.
     deterministic: True turns dropout off.
 
+  Gradients: for the LSTM and the reset-after GRU (without per-gate recurrent masks) the
+  recurrence has a hand-written backward pass (:mod:`recurrent.fused`) that computes the
+  weight gradient with one matmul after the backward loop. It supports reverse mode
+  (``grad``, ``vjp``, higher orders), ``jit`` and ``vmap``, but not forward mode
+  (``jvp``, ``jacfwd``); for that, pass ``cell._replace(pointwise=None)``, which
+  differentiates the plain ``lax.scan``.
+
   Returns:
     ``(final_carry, outputs)``: the carry after each sequence's last valid step (leaves
     ``[B..., H]``) and the outputs ``[B..., T, H]`` (``[T, B..., H]`` if ``time_major``).
