@@ -135,6 +135,7 @@ def stack(
   seq_lengths=None,
   time_major: bool = False,
   unroll: int = 1,
+  remat_every: int | None = None,
   dropout: Union[float, Sequence[float]] = 0.0,
   recurrent_dropout: Union[float, Sequence[float]] = 0.0,
   per_gate_masks: bool = False,
@@ -150,7 +151,8 @@ def stack(
     xs: ``[B..., T, I]`` (``[T, B..., I]`` if ``time_major``).
     initial_carry: None, or a list of per-layer carries shaped like ``params``.
     seq_lengths: int ``[B...]``; see :func:`recurrent.scan`.
-    time_major, unroll, per_gate_masks, deterministic: as in :func:`recurrent.scan`.
+    time_major, unroll, remat_every, per_gate_masks, deterministic: as in
+      :func:`recurrent.scan`.
     dropout: time-invariant dropout on each layer's input; a float for every layer, or
       one rate per layer. ``dropout=(0.0, p, p)`` drops only between layers, where
       PyTorch's ``nn.LSTM(dropout=p)`` does (but with one mask per sequence).
@@ -192,6 +194,7 @@ def stack(
       seq_lengths=seq_lengths,
       time_major=time_major,
       unroll=unroll,
+      remat_every=remat_every,
       dropout=dropouts[layer],
       recurrent_dropout=recurrent_dropouts[layer],
       per_gate_masks=per_gate_masks,

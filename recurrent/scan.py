@@ -25,6 +25,7 @@ def scan(
   reverse: bool = False,
   time_major: bool = False,
   unroll: int = 1,
+  remat_every: int | None = None,
   dropout: float = 0.0,
   recurrent_dropout: float = 0.0,
   per_gate_masks: bool = False,
@@ -47,6 +48,10 @@ def scan(
       ``t..len-1``, and its padding stays at the end, aligned with the forward run.
     time_major: whether time is the first axis of ``xs`` and of the outputs.
     unroll: passed to ``lax.scan``.
+    remat_every: None, or k: rematerialise the recurrence in chunks of k steps, so the
+      backward pass keeps the inputs and one carry per chunk and recomputes the rest
+      (input projection included), for one more forward pass: the activations kept grow
+      with ``T / k + k`` rather than ``T``; ``k ~ sqrt(T)`` minimises them.
     dropout: rate of time-invariant dropout on the inputs ``x_t`` (Keras' ``dropout``).
     recurrent_dropout: rate of time-invariant dropout on ``h_{t-1}`` where it enters
       the recurrent matmul (Keras' ``recurrent_dropout``); the carry itself is not
@@ -80,22 +85,9 @@ def scan(
     >>> ys.shape, carry.h.shape
     ((3, 10, 16), (3, 16))
   """
-  return _run(
-    cell,
-    params,
-    xs,
-    initial_carry,
-    seq_lengths,
-    reverse,
-    time_major,
-    unroll,
-    dropout,
-    recurrent_dropout,
-    per_gate_masks,
-    key,
-    deterministic,
-    trace=False,
-  )
+  options = dict(locals())
+  del options["cell"], options["params"], options["xs"]
+  return _run(cell, params, xs, trace=False, **options)
 
 
 def trace(cell, params, xs, **kwargs):
@@ -118,50 +110,49 @@ def trace(cell, params, xs, **kwargs):
     >>> carries.c.shape, gates.f.shape
     ((5, 8), (5, 8))
   """
-  options = dict(
-    initial_carry=None,
-    seq_lengths=None,
-    reverse=False,
-    time_major=False,
-    unroll=1,
-    dropout=0.0,
-    recurrent_dropout=0.0,
-    per_gate_masks=False,
-    key=None,
-    deterministic=False,
-  )
-  unknown = set(kwargs) - set(options)
+  unknown = set(kwargs) - set(_OPTIONS)
   if unknown:
     raise TypeError(f"trace() got unexpected arguments {sorted(unknown)}")
-  options.update(kwargs)
-  return _run(cell, params, xs, *options.values(), trace=True)[1]
+  return _run(cell, params, xs, trace=True, **kwargs)[1]
 
 
 def _input_size(params) -> int:
   return params.w_ih.shape[0]
 
 
+_OPTIONS = (
+  "initial_carry", "seq_lengths", "reverse", "time_major", "unroll", "remat_every", "dropout",
+  "recurrent_dropout", "per_gate_masks", "key", "deterministic",
+)  # fmt: skip
+
+
 def _run(
   cell,
   params,
   xs,
-  initial_carry,
-  seq_lengths,
-  reverse,
-  time_major,
-  unroll,
-  dropout,
-  recurrent_dropout,
-  per_gate_masks,
-  key,
-  deterministic,
+  *,
   trace,
+  initial_carry=None,
+  seq_lengths=None,
+  reverse=False,
+  time_major=False,
+  unroll=1,
+  remat_every=None,
+  dropout=0.0,
+  recurrent_dropout=0.0,
+  per_gate_masks=False,
+  key=None,
+  deterministic=False,
 ):
   batch_shape, num_steps, input_size = _checks.sequence("xs", xs, time_major)
   _checks.features("xs", input_size, _input_size(params))
   _checks.rate("dropout", dropout)
   _checks.rate("recurrent_dropout", recurrent_dropout)
   _checks.flag("deterministic", deterministic)
+  if remat_every is not None and (
+    isinstance(remat_every, bool) or not isinstance(remat_every, int) or remat_every < 1
+  ):
+    raise ValueError(f"remat_every must be None or a positive int, got {remat_every!r}")
   lengths = _checks.seq_lengths(seq_lengths, batch_shape, num_steps)
   carry_dtype = params.w_hh.dtype
   if initial_carry is None:
@@ -199,14 +190,15 @@ def _run(
     # Padding never reaches the cell: NaN or inf there would turn into NaN gradients
     # (0 * NaN) even though the held carry hides it from the outputs.
     xs = jnp.where(valid, xs, jnp.zeros_like(xs))
-  xp = cell.project(params, xs, in_mask)
+  fused = not trace and cell.pointwise is not None and not isinstance(rec_mask, tuple)
 
-  if not trace and cell.pointwise is not None and not isinstance(rec_mask, tuple):
-    final, ys = _fused.recurrence(
-      cell.pointwise, reverse, unroll, cell.dtype, params.w_hh,
-      cell.pointwise_params(params), carry, xp, valid, rec_mask,
-    )  # fmt: skip
-  else:
+  def recurrence(carry, xs, valid):
+    xp = cell.project(params, xs, in_mask)
+    if fused:
+      return _fused.recurrence(
+        cell.pointwise, reverse, unroll, cell.dtype, params.w_hh,
+        cell.pointwise_params(params), carry, xp, valid, rec_mask,
+      )  # fmt: skip
 
     def body(carry, inputs):
       xp_t, valid_t = inputs
@@ -217,7 +209,36 @@ def _run(
         gates = jax.tree.map(lambda g: jnp.where(valid_t, g, jnp.zeros_like(g)), gates)
       return new, ((new, gates) if trace else h)
 
-    final, ys = jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
+    return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
+
+  if remat_every is None:
+    final, ys = recurrence(carry, xs, valid)
+  else:
+    final, ys = _rematerialised(recurrence, carry, xs, valid, batch_shape, remat_every, reverse)
   if not time_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
+  return final, ys
+
+
+def _rematerialised(recurrence, carry, xs, valid, batch_shape, every: int, reverse: bool):
+  """``recurrence`` over chunks of ``every`` steps, each chunk under ``jax.checkpoint``.
+
+  The backward pass keeps only the inputs and the carries between chunks, and recomputes
+  a chunk's input projection and activations when it reaches it: memory grows with
+  ``T * I + (T / every) * H + every * G * H`` per sequence instead of ``T * (I + ~7H)``,
+  for one more forward pass. Steps added to fill the last chunk are invalid (carry held),
+  so they change nothing, forward or reverse.
+  """
+  num_steps = xs.shape[0]
+  chunks = -(-num_steps // every)
+  pad = chunks * every - num_steps
+  if pad:
+    if valid is None:
+      valid = jnp.ones((num_steps,) + batch_shape + (1,), bool)
+    xs = jnp.pad(xs, [(0, pad)] + [(0, 0)] * (xs.ndim - 1))
+    valid = jnp.pad(valid, [(0, pad)] + [(0, 0)] * (valid.ndim - 1))
+  split = lambda a: a.reshape((chunks, every) + a.shape[1:])  # noqa: E731
+  body = jax.checkpoint(lambda c, inputs: recurrence(c, *inputs))
+  final, ys = jax.lax.scan(body, carry, jax.tree.map(split, (xs, valid)), reverse=reverse)
+  ys = jax.tree.map(lambda y: y.reshape((chunks * every,) + y.shape[2:])[:num_steps], ys)
   return final, ys
