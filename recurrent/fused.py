@@ -22,13 +22,19 @@ import jax.numpy as jnp
 from recurrent import cell as _cell
 
 
+def hold(valid_t, new, old, outputs):
+  """Where ``valid_t [B..., 1]`` is False (past a sequence's end): the old carry and zero
+  outputs. ``valid_t=None`` means every sequence is still running."""
+  if valid_t is None:
+    return new, outputs
+  new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, old)
+  return new, jax.tree.map(lambda y: jnp.where(valid_t, y, jnp.zeros_like(y)), outputs)
+
+
 def _step(pointwise, extra, carry, xp_t, hh, valid_t):
-  """One step after the recurrent matmul, holding the carry past a sequence's end."""
+  """One step after the recurrent matmul."""
   new, h, _ = pointwise(extra, carry, xp_t, hh)
-  if valid_t is not None:
-    new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
-    h = jnp.where(valid_t, h, jnp.zeros_like(h))
-  return new, h
+  return hold(valid_t, new, carry, h)
 
 
 def _masked_h(carry_h, mask):

@@ -203,10 +203,7 @@ def _run(
     def body(carry, inputs):
       xp_t, valid_t = inputs
       new, h, gates = cell.recur(params, carry, xp_t, rec_mask)
-      if valid_t is not None:
-        new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
-        h = jnp.where(valid_t, h, jnp.zeros_like(h))
-        gates = jax.tree.map(lambda g: jnp.where(valid_t, g, jnp.zeros_like(g)), gates)
+      new, (h, gates) = _fused.hold(valid_t, new, carry, (h, gates))
       return new, ((new, gates) if trace else h)
 
     return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
