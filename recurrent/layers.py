@@ -97,26 +97,13 @@ def bidirectional(
     batch_shape = _checks.sequence("xs", xs, time_major)[0]
     k = _checks.keys(key, "key", batch_shape)
     keys = Bidirectional(_dropout.derive(k, 0), _dropout.derive(k, 1))
-  fwd = scan(
-    cell,
-    params.forward,
-    xs,
-    initial_carry=carries.forward,
-    key=keys.forward,
-    time_major=time_major,
-    **kwargs,
+  finals, outputs = zip(
+    *(
+      scan(cell, p, xs, initial_carry=c, key=k, time_major=time_major, reverse=r, **kwargs)
+      for p, c, k, r in zip(params, carries, keys, (False, True))
+    )
   )
-  bwd = scan(
-    cell,
-    params.backward,
-    xs,
-    initial_carry=carries.backward,
-    key=keys.backward,
-    time_major=time_major,
-    reverse=True,
-    **kwargs,
-  )
-  return Bidirectional(fwd[0], bwd[0]), jnp.concatenate([fwd[1], bwd[1]], axis=-1)
+  return Bidirectional(*finals), jnp.concatenate(outputs, axis=-1)
 
 
 def _per_layer(name: str, value, num_layers: int) -> tuple:

@@ -20,13 +20,7 @@ ATOL, RTOL = 1e-5, 1e-5
 B, T, IN, H = 3, 6, 5, 4  # batch, time, input size, hidden size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_one_thread():
-  """Tiny torch ops run faster on one thread (two threads spin-wait for each other)."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _torch_module(kind, num_layers=2, bidirectional=True, *, seed=0, **kw):

@@ -25,13 +25,7 @@ ATOL, RTOL = 1e-5, 1e-5
 _COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_one_thread():
-  """Tiny torch ops run faster on one thread (two threads spin-wait for each other)."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 KINDS = ("lstm", "gru")
