@@ -1,4 +1,4 @@
-"""CPU speed of recurrent's LSTM and GRU against Flax and PyTorch, float32, one process.
+"""CPU speed of recurrent's LSTM and GRU against Flax, PyTorch and Keras, float32, one process.
 
 Shape legend: B batch, T time, I input size, H hidden size, G gates (4 LSTM, 3 GRU).
 
@@ -12,11 +12,26 @@ with respect to params AND inputs) of:
 * ``flax`` / ``flax-opt``: ``nn.RNN(nn.LSTMCell(H))`` / ``nn.RNN(nn.OptimizedLSTMCell(H))``
   under ``jax.jit`` (``nn.GRUCell`` for the GRU, which has no optimised variant);
 * ``torch``: ``nn.LSTM(I, H, batch_first=True)`` / ``nn.GRU`` with 2 threads; forward under
-  ``torch.no_grad()``, forward+backward with ``.backward()`` and an input that requires grad.
+  ``torch.no_grad()``, forward+backward with ``.backward()`` and an input that requires grad;
+* ``keras``: Keras 3 on the JAX backend (``KERAS_BACKEND=jax``, set before the lazy import),
+  ``keras.layers.LSTM(H, return_sequences=True)`` / ``GRU`` (``reset_after=True``, the
+  default) built on ``[B, T, I]``, called through ``layer.stateless_call(trainable,
+  non_trainable, xs)`` under ``jax.jit`` and differentiated with ``jax.grad``. Its defaults
+  are kept (``use_cudnn="auto"``, ``unroll=False``): on the CPU Keras's cuDNN LSTM is never
+  taken (it needs a GPU backend), the LSTM runs ``keras.backend.rnn``'s ``lax.scan`` over the
+  cell (implementation 2, the input matmul inside the step) and the GRU ``keras.backend.gru``'s
+  ``lax.scan`` with the input projection hoisted; the ``unroll`` of every ``lax.scan`` in the
+  traced forward pass is recorded. ``--skip-keras`` leaves Keras out;
+* ``keras+dropout``: the Keras LSTM with its own ``dropout=0.25, recurrent_dropout=0.25`` and
+  ``training=True`` (its SeedGenerator state is a non-trainable variable; the masks differ
+  from recurrent's, so only the output shape and a difference from Keras without dropout are
+  checked; LSTM only, like ``rec+dropout``). ``recurrent_dropout`` switches Keras to its
+  generic loop with implementation 1 (four input and four recurrent matmuls per step).
 
 All use the same weights (``recurrent.convert.to_flax`` / ``to_torch``, and ``from_torch``
-must give them back). Before any timing the outputs and all gradients are compared with
-``recurrent``'s; a mismatch stops the run with a non-zero exit status.
+must give them back; Keras's LSTM kernels have recurrent's gate order, its GRU's the order
+z, r, h, so the r and z blocks are swapped). Before any timing the outputs and all gradients are
+compared with ``recurrent``'s; a mismatch stops the run with a non-zero exit status.
 
 Timing: trace+compile is timed once (``jax.jit(f).lower(...).compile()``), every
 implementation is called twice to warm up (once for the check), then the implementations of one
@@ -32,6 +47,7 @@ between the two peak figures means the load changed during the run.
 Run from the repository root::
 
     python benchmarks/lstm_cpu.py [--shapes 32,100,128,256 ...] [--repeats N] [--json PATH]
+        [--skip-keras]
 
 Other processes on the machine (test runs) slow everything down, PyTorch's OpenMP threads
 most of all: compare implementations within one row, and check the load average printed
@@ -61,7 +77,7 @@ import torch  # noqa: E402
 import recurrent  # noqa: E402
 from recurrent import convert  # noqa: E402
 
-DEFAULT_SHAPES = ((32, 100, 128, 256), (256, 50, 64, 128), (1, 1000, 64, 128))
+DEFAULT_SHAPES = ((32, 100, 128, 256), (64, 200, 256, 512), (256, 50, 64, 128), (1, 1000, 64, 128))
 DROPOUT = 0.25
 TORCH_THREADS = 2
 MIN_REPEATS = 3
@@ -71,7 +87,8 @@ MIN_REPEATS = 3
 OUTPUT_ATOL = 1e-4
 GRAD_RTOL = 1e-4
 
-IMPLS = ("recurrent", "rec+dropout", "flax", "flax-opt", "torch")
+IMPLS = ("recurrent", "rec+dropout", "flax", "flax-opt", "torch", "keras", "keras+dropout")
+KERAS_INSTALL = "pip install -e '.[bench]'"
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -205,6 +222,97 @@ def build_torch(cell_name, params, xs, r):
   return calls, {"fwd": ys, "fwd+bwd": (grads, g_x)}
 
 
+def import_keras():
+  """Keras 3 on the JAX backend, imported on first use (only the Keras rows need it)."""
+  if "keras" not in sys.modules:
+    os.environ["KERAS_BACKEND"] = "jax"
+  try:
+    import keras
+  except ImportError as e:
+    raise SystemExit(
+      f"the Keras rows need keras 3 ({e}): {KERAS_INSTALL}, or pass --skip-keras"
+    ) from None
+  if keras.backend.backend() != "jax":
+    raise SystemExit(f"keras runs on the {keras.backend.backend()!r} backend, not 'jax'")
+  return keras
+
+
+def _swap_rz(a):
+  """recurrent's GRU gate blocks ``r, z, n`` <-> Keras's ``z, r, h`` (its own inverse)."""
+  r_gate, z_gate, n_gate = jnp.split(jnp.asarray(a), 3, axis=-1)
+  return jnp.concatenate([z_gate, r_gate, n_gate], axis=-1)
+
+
+def to_keras(cell_name, params) -> dict:
+  """recurrent's params as Keras's ``{kernel, recurrent_kernel, bias}``."""
+  if cell_name == "lstm":  # Keras's i, f, c, o is recurrent's i, f, g, o.
+    return {"kernel": params.w_ih, "recurrent_kernel": params.w_hh, "bias": params.b}
+  return {
+    "kernel": _swap_rz(params.w_ih),
+    "recurrent_kernel": _swap_rz(params.w_hh),
+    # reset_after=True: row 0 the input bias, row 1 the recurrent bias.
+    "bias": jnp.stack([_swap_rz(params.b_ih), _swap_rz(params.b_hh)]),
+  }
+
+
+def from_keras(cell_name, weights, like):
+  """The inverse of ``to_keras``, as the params type of ``like``."""
+  if cell_name == "lstm":
+    return like._replace(
+      w_ih=weights["kernel"], w_hh=weights["recurrent_kernel"], b=weights["bias"]
+    )
+  return like._replace(
+    w_ih=_swap_rz(weights["kernel"]),
+    w_hh=_swap_rz(weights["recurrent_kernel"]),
+    b_ih=_swap_rz(weights["bias"][0]),
+    b_hh=_swap_rz(weights["bias"][1]),
+  )
+
+
+def _scan_unrolls(jaxpr) -> list:
+  """The ``unroll`` of every ``lax.scan`` in a (closed) jaxpr, nested ones included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      found.append(int(eqn.params["unroll"]))
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          found += _scan_unrolls(inner)
+  return found
+
+
+def build_keras(cell_name, params, xs, r, dropout=False):
+  keras = import_keras()
+  hidden = params.w_hh.shape[0]
+  layer_cls = keras.layers.LSTM if cell_name == "lstm" else keras.layers.GRU
+  rates = {"dropout": DROPOUT, "recurrent_dropout": DROPOUT, "seed": 7} if dropout else {}
+  layer = layer_cls(hidden, return_sequences=True, **rates)
+  layer.build(xs.shape)
+  names = [v.name for v in layer.trainable_variables]
+  weights = to_keras(cell_name, params)
+  if sorted(names) != sorted(weights):
+    raise MismatchError(f"Keras {cell_name} has trainable variables {names}")
+  for v in layer.trainable_variables:
+    if tuple(v.shape) != weights[v.name].shape:
+      raise MismatchError(f"Keras {v.name} has shape {v.shape}, not {weights[v.name].shape}")
+  trainable = [jnp.asarray(weights[n], jnp.float32) for n in names]
+  # With dropout this holds the SeedGenerator state: every call uses the same masks.
+  non_trainable = [jnp.asarray(v.value) for v in layer.non_trainable_variables]
+
+  def forward(tv, x, ntv):
+    return layer.stateless_call(tv, ntv, x, training=dropout)[0]
+
+  calls, results = _jax_impl(forward, trainable, xs, r, extra=(non_trainable,))
+  g_tv, g_x = results["fwd+bwd"]
+  results["fwd+bwd"] = (from_keras(cell_name, dict(zip(names, g_tv)), params), g_x)
+  results["scan_unroll"] = _scan_unrolls(
+    jax.make_jaxpr(forward)(trainable, xs, non_trainable).jaxpr
+  )
+  return calls, results
+
+
 # ---------------------------------------------------------------------------------------
 # Checks
 
@@ -232,7 +340,7 @@ def _grad_pairs(cell_name, impl, ref_params, got_params, hidden):
       ("b_hh", ref_params.b_hh, t["bias_hh_l0"]),
     ]
   pairs = [(f, a, b) for f, a, b in zip(ref_params._fields, ref_params, got_params)]
-  if cell_name == "gru":
+  if cell_name == "gru" and impl.startswith("flax"):
     # Flax's GRUCell has no h_r/h_z bias: to_flax folded them into its input biases, whose
     # gradient is the same. Only the h_n part of b_hh exists in Flax.
     pairs = [p for p in pairs if p[0] != "b_hh"]
@@ -247,7 +355,7 @@ def check(cell_name, hidden, results, ys_no_dropout_det) -> dict:
   report = {}
   failures = []
   for impl, res in results.items():
-    if impl in ("recurrent", "rec+dropout"):
+    if impl in ("recurrent", "rec+dropout", "keras+dropout"):
       continue
     diffs = {"outputs": _max_diff(res["fwd"], ref_ys)}
     if diffs["outputs"] >= OUTPUT_ATOL:
@@ -271,6 +379,17 @@ def check(cell_name, hidden, results, ys_no_dropout_det) -> dict:
       failures.append(f"dropout with deterministic=True differs from no dropout by {det:.3g}")
     if not np.all(np.isfinite(ys_drop)) or _max_diff(ys_drop, ref_ys) == 0.0:
       failures.append("dropout outputs are not finite or equal the outputs without dropout")
+  if "keras+dropout" in results:
+    # Keras draws its own masks: only the shape and that dropout did something are checked.
+    ys_drop = np.asarray(results["keras+dropout"]["fwd"])
+    ys_keras = np.asarray(results["keras"]["fwd"])
+    report["keras+dropout"] = {
+      "max abs diff to keras without dropout": _max_diff(ys_drop, ys_keras)
+    }
+    if ys_drop.shape != ref_ys.shape:
+      failures.append(f"keras+dropout outputs have shape {ys_drop.shape}, not {ref_ys.shape}")
+    elif not np.all(np.isfinite(ys_drop)) or _max_diff(ys_drop, ys_keras) == 0.0:
+      failures.append("keras+dropout outputs are not finite or equal Keras's without dropout")
   if failures:
     raise MismatchError("implementations disagree:\n  " + "\n  ".join(failures))
   return report
@@ -280,7 +399,7 @@ def check(cell_name, hidden, results, ys_no_dropout_det) -> dict:
 # One shape and cell
 
 
-def bench_cell(shape, cell_name, repeats, row_seconds, log) -> list:
+def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
   batch, steps, inputs, hidden = shape
   k_params, k_bias, k_x, k_r = jax.random.split(jax.random.key(0), 4)
   cell = recurrent.lstm(hidden) if cell_name == "lstm" else recurrent.gru(hidden)
@@ -303,16 +422,23 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log) -> list:
   else:
     builders["flax"] = lambda: build_flax(nn.GRUCell(hidden), params, xs, r)
   builders["torch"] = lambda: build_torch(cell_name, params, xs, r)
+  if keras:
+    builders["keras"] = lambda: build_keras(cell_name, params, xs, r)
+    if cell_name == "lstm":
+      builders["keras+dropout"] = lambda: build_keras(cell_name, params, xs, r, dropout=True)
 
   calls, results = {}, {}
   for impl, build in builders.items():
     calls[impl], results[impl] = build()
+  keras_scans = {i: res.pop("scan_unroll") for i, res in results.items() if "scan_unroll" in res}
   ys_det = recurrent.scan(
     cell, params, xs, dropout=DROPOUT, recurrent_dropout=DROPOUT, deterministic=True
   )[1]
   checks = check(cell_name, hidden, results, np.asarray(ys_det))
-  worst = max(v for d in checks.values() for v in d.values())
+  worst = max(v for i, d in checks.items() if i != "keras+dropout" for v in d.values())
   log(f"  {cell_name} {shape}: checks passed (worst difference {worst:.2g})")
+  if keras_scans:
+    log(f"  {cell_name} {shape}: Keras lax.scan unroll per traced scan: {keras_scans}")
   del results
 
   flops_fwd = 2.0 * batch * steps * (inputs + hidden) * cell.num_gates * hidden
@@ -348,6 +474,7 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log) -> list:
       "compile_s": {impl: c[mode][1] for impl, c in calls.items() if c[mode][1] is not None},
       "flops": flops,
       "checks": checks,
+      "keras_scan_unroll": keras_scans,
     }
     med = row["median_ms"]
     flax_ref = "flax-opt" if "flax-opt" in med else "flax"
@@ -357,6 +484,10 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log) -> list:
     }
     if "rec+dropout" in med:
       row["ratios"]["dropout/no-dropout"] = med["rec+dropout"] / med["recurrent"]
+    if "keras" in med:
+      row["ratios"]["recurrent/keras"] = med["recurrent"] / med["keras"]
+    if "keras+dropout" in med:
+      row["ratios"]["keras dropout/no-dropout"] = med["keras+dropout"] / med["keras"]
     row["recurrent_gflops"] = flops / (med["recurrent"] * 1e-3) / 1e9
     rows.append(row)
     log(
@@ -381,11 +512,15 @@ def table(rows, peak) -> str:
     "Flax LSTMCell/GRUCell ms",
     "Flax OptimizedLSTMCell ms",
     "PyTorch ms",
+    "Keras ms",
+    "Keras+dropout ms",
     "rec/torch",
     "rec/flax-opt (GRU: /GRUCell)",
+    "rec/Keras",
     "dropout/no-dropout",
+    "Keras dropout/no-dropout",
     "rec GFLOP/s (% of jnp.dot peak)",
-    "compile s: rec / drop / flax / flax-opt",
+    "compile s: rec / drop / flax / flax-opt / Keras / Keras+drop",
   ]
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   dash = "–"
@@ -399,8 +534,12 @@ def table(rows, peak) -> str:
     gflops = row["recurrent_gflops"]
     compile_text = " / ".join(
       f"{comp[i]:.2f}" if i in comp else dash
-      for i in ("recurrent", "rec+dropout", "flax", "flax-opt")
+      for i in ("recurrent", "rec+dropout", "flax", "flax-opt", "keras", "keras+dropout")
     )
+
+    def ratio(name, ratios=ratios):
+      return f"{ratios[name]:.2f}" if name in ratios else dash
+
     cells = [
       ",".join(map(str, row["shape"])),
       row["cell"].upper(),
@@ -411,9 +550,13 @@ def table(rows, peak) -> str:
       ms("flax"),
       ms("flax-opt"),
       ms("torch"),
-      f"{ratios['recurrent/torch']:.2f}",
+      ms("keras"),
+      ms("keras+dropout"),
+      ratio("recurrent/torch"),
       f"{flax_ratio:.2f}",
-      f"{ratios['dropout/no-dropout']:.2f}" if "dropout/no-dropout" in ratios else dash,
+      ratio("recurrent/keras"),
+      ratio("dropout/no-dropout"),
+      ratio("keras dropout/no-dropout"),
       f"{gflops:.0f} ({100 * gflops / peak:.0f}%)",
       compile_text,
     ]
@@ -421,7 +564,7 @@ def table(rows, peak) -> str:
   return "\n".join(lines)
 
 
-def environment() -> dict:
+def environment(keras=True) -> dict:
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
@@ -434,6 +577,7 @@ def environment() -> dict:
     "jaxlib": importlib.metadata.version("jaxlib"),
     "flax": flax.__version__,
     "torch": torch.__version__,
+    "keras": import_keras().__version__ if keras else None,
     "recurrent": recurrent.__version__,
     "jax_backend": jax.default_backend(),
     "cpu": cpu,
@@ -452,7 +596,7 @@ def main(argv=None) -> int:
     type=parse_shape,
     default=list(DEFAULT_SHAPES),
     metavar="B,T,I,H",
-    help="shapes to run (default: %(default)s); e.g. 64,200,256,512",
+    help="shapes to run (default: %(default)s); e.g. 8,50,32,64",
   )
   parser.add_argument(
     "--cells", nargs="+", choices=("lstm", "gru"), default=["lstm", "gru"], help="cells to run"
@@ -468,10 +612,15 @@ def main(argv=None) -> int:
     type=float,
     default=10.0,
     help=f"stop repeating a row after this many seconds, once it has {MIN_REPEATS} calls per"
-    " implementation (default %(default)s; the default run then stays within about 5 minutes"
-    " even on a loaded 2-core machine)",
+    " implementation (default %(default)s), so that a loaded machine cannot stretch the run"
+    " without bound",
   )
   parser.add_argument("--json", metavar="PATH", help="also write every sample to this file")
+  parser.add_argument(
+    "--skip-keras",
+    action="store_true",
+    help=f"leave out the Keras 3 (JAX backend) rows; they need keras: {KERAS_INSTALL}",
+  )
   args = parser.parse_args(argv)
   if args.repeats < 1:
     parser.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -483,11 +632,13 @@ def main(argv=None) -> int:
   def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
-  env = environment()
+  keras = not args.skip_keras
+  env = environment(keras)  # imports keras first (a clear message if it is missing)
   load_start = os.getloadavg()
   log(
     f"jax {env['jax']} ({env['jax_backend']}), flax {env['flax']}, torch {env['torch']}"
-    f" ({env['torch_threads']} threads), {env['cpu_count']} x {env['cpu']};"
+    f" ({env['torch_threads']} threads), keras {env['keras'] or '(skipped)'},"
+    f" {env['cpu_count']} x {env['cpu']};"
     f" load average {load_start[0]:.2f}"
   )
   if load_start[0] > 0.5:
@@ -505,18 +656,20 @@ def main(argv=None) -> int:
   try:
     for shape in args.shapes:
       for cell_name in args.cells:
-        rows += bench_cell(tuple(shape), cell_name, args.repeats, args.row_seconds, log)
+        rows += bench_cell(tuple(shape), cell_name, args.repeats, args.row_seconds, log, keras)
   except MismatchError as e:
     log(f"\nMISMATCH: {e}")
     return 1
   peak_end = matmul_peak()
   peak = {k: max(peak_start[k], peak_end[k]) for k in peak_start}
   elapsed = time.perf_counter() - started
+  keras_text = f"keras {env['keras']} (JAX backend)" if keras else "Keras skipped"
   load_end = os.getloadavg()
 
   print(
     f"\nrecurrent {env['recurrent']}: jax {env['jax']}, flax {env['flax']}, torch"
-    f" {env['torch']} ({env['torch_threads']} threads); {env['cpu_count']} x {env['cpu']};"
+    f" {env['torch']} ({env['torch_threads']} threads), {keras_text};"
+    f" {env['cpu_count']} x {env['cpu']};"
     f" float32; median of n interleaved calls"
   )
   print(
@@ -531,6 +684,13 @@ def main(argv=None) -> int:
     f" Load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end;"
     f" total {elapsed:.0f} s."
   )
+  if keras:
+    unrolls = sorted({u for row in rows for us in row["keras_scan_unroll"].values() for u in us})
+    print(
+      f"Keras ({env['jax_backend']}, so no cuDNN path): the traced forward passes run"
+      f" lax.scan with unroll={' / '.join(map(str, unrolls)) or '(no scan found)'}"
+      " (1: not unrolled)."
+    )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(

@@ -1,0 +1,172 @@
+"""The training config: every field with its default, and the checks run before training.
+
+Config files in ``configs/`` start from :func:`base_config` and change what their task
+needs; :func:`validate` refuses a config with a field that is not here, a value of the
+wrong type, or an impossible value, naming the field.
+"""
+
+import math
+
+import ml_collections
+
+TASKS = ("adding", "copy", "ptb", "chars")
+CELLS = ("lstm", "gru")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DROPOUT_KINDS = ("variational", "naive")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields, with defaults for a small adding-problem LSTM."""
+  c = ml_collections.ConfigDict()
+  c.task = "adding"  # one of TASKS
+  c.data_dir = ""  # ptb: folder of ptb.{train,valid,test}.txt; chars: a text file
+  c.download = False  # ptb: fetch the files into data_dir first (checked by sha256)
+  c.seed = 0  # params, data order and dropout keys all derive from it
+
+  # Task sizes.
+  c.seq_len = 50  # T: adding/copy sequence length, LM truncated-BPTT window
+  c.copy_symbols = 10  # copy task: how many symbols to remember
+  c.copy_alphabet = 8  # copy task: alphabet size
+
+  # Model.
+  c.cell = "lstm"  # one of CELLS
+  c.hidden_size = 64
+  c.num_layers = 1
+  c.embed_size = 0  # LM/copy embedding width; 0 means hidden_size
+  c.init_scale = 0.0  # > 0: every weight uniform in [-init_scale, init_scale] (Zaremba)
+  c.forget_bias = 1.0  # LSTM only (Jozefowicz et al. 2015)
+
+  # Dropout: rates are drop probabilities.
+  c.dropout_kind = "variational"  # "naive": a new mask per time step (Zaremba et al.)
+  c.dropout = 0.0  # on every layer's input (embeddings, between layers)
+  c.recurrent_dropout = 0.0  # on h_{t-1}; variational only
+  c.output_dropout = 0.0  # on the top layer's outputs, before the read-out
+  c.embed_dropout = 0.0  # drops whole word types per sequence (Gal & Ghahramani 2016)
+
+  # Optimisation.
+  c.optimizer = "adam"  # one of OPTIMIZERS
+  c.learning_rate = 1e-3
+  c.lr_decay = 1.0  # sgd step decay: lr * lr_decay ** max(epoch + 1 - decay_epoch, 0)
+  c.decay_epoch = 1  # the first (1-based) epoch at full rate is 1; decay starts after it
+  c.weight_decay = 0.0
+  c.max_grad_norm = 0.0  # > 0: clip gradients by global norm
+  c.batch_size = 64  # global batch, split over devices
+  c.train_steps = 1000  # total optimiser steps; LM tasks: epochs * windows per epoch
+  c.epochs = 0  # LM tasks: > 0 overrides train_steps with whole epochs
+
+  # Evaluation, logging, checkpoints.
+  c.eval_every = 200  # steps
+  c.eval_examples = 1024  # synthetic tasks: held-out examples
+  c.mc_samples = 0  # > 0: also evaluate with MC dropout over this many samples
+  c.log_every = 50  # steps between metric lines
+  c.checkpoint_every = 500  # steps
+  c.keep_checkpoints = 3
+  c.progress = True  # a progress bar on stderr
+  c.sample_length = 0  # chars task: characters sampled at the end
+  return c
+
+
+_POSITIVE = (
+  "seq_len",
+  "copy_symbols",
+  "copy_alphabet",
+  "hidden_size",
+  "num_layers",
+  "batch_size",
+  "eval_every",
+  "eval_examples",
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "decay_epoch",
+)
+_NON_NEGATIVE = (
+  "embed_size",
+  "init_scale",
+  "weight_decay",
+  "max_grad_norm",
+  "train_steps",
+  "epochs",
+  "mc_samples",
+  "sample_length",
+)
+_RATES = ("dropout", "recurrent_dropout", "output_dropout", "embed_dropout")
+_CHOICES = {
+  "task": TASKS,
+  "cell": CELLS,
+  "optimizer": OPTIMIZERS,
+  "dropout_kind": DROPOUT_KINDS,
+}
+
+
+def _type_name(value) -> str:
+  return type(value).__name__
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises ValueError naming the first bad field of ``config``.
+
+  Args:
+    config: a config built from :func:`base_config`.
+    num_devices: devices the batch is split over; ``batch_size`` must divide by it.
+
+  Example:
+    >>> c = base_config()
+    >>> c.dropout = 1.5
+    >>> validate(c)
+    Traceback (most recent call last):
+    ...
+    ValueError: config.dropout must be in [0, 1), got 1.5
+  """
+  base = base_config()
+  unknown = sorted(set(config.keys()) - set(base.keys()))
+  if unknown:
+    raise ValueError(f"config has unknown field(s) {unknown}; known fields: {sorted(base.keys())}")
+  for name, default in base.items():
+    value = config[name]
+    ok = isinstance(value, type(default)) and not (
+      isinstance(value, bool) and not isinstance(default, bool)
+    )
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+      ok = True  # an int where a float is expected is fine (lr = 1)
+    if not ok:
+      raise ValueError(
+        f"config.{name} must be {_type_name(default)}, got {value!r} ({_type_name(value)})"
+      )
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"config.{name} must be finite, got {value}")
+  for name, choices in _CHOICES.items():
+    if config[name] not in choices:
+      raise ValueError(f"config.{name} must be one of {choices}, got {config[name]!r}")
+  for name in _POSITIVE:
+    if config[name] <= 0:
+      raise ValueError(f"config.{name} must be > 0, got {config[name]}")
+  for name in _NON_NEGATIVE:
+    if config[name] < 0:
+      raise ValueError(f"config.{name} must be >= 0, got {config[name]}")
+  for name in _RATES:
+    if not 0.0 <= config[name] < 1.0:
+      raise ValueError(f"config.{name} must be in [0, 1), got {config[name]}")
+  if config.learning_rate <= 0:
+    raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
+  if not 0.0 < config.lr_decay <= 1.0:
+    raise ValueError(f"config.lr_decay must be in (0, 1], got {config.lr_decay}")
+  if config.train_steps == 0 and config.epochs == 0:
+    raise ValueError("config.train_steps and config.epochs are both 0; set one of them")
+  if config.batch_size % num_devices:
+    raise ValueError(
+      f"config.batch_size ({config.batch_size}) must be divisible by the number of"
+      f" devices ({num_devices})"
+    )
+  if config.dropout_kind == "naive" and config.recurrent_dropout > 0:
+    raise ValueError(
+      "config.recurrent_dropout must be 0 with dropout_kind='naive' (a new mask per step"
+      f" on h_t is what Gal & Ghahramani show fails), got {config.recurrent_dropout}"
+    )
+  if config.task in ("ptb", "chars") and not config.data_dir:
+    raise ValueError(f"config.data_dir must name the {config.task} data, got ''")
+  if config.task == "copy" and config.seq_len <= 2 * config.copy_symbols:
+    raise ValueError(
+      f"config.seq_len ({config.seq_len}) must exceed 2 * copy_symbols"
+      f" ({2 * config.copy_symbols}) for the copy task"
+    )

@@ -1,0 +1,327 @@
+"""The training loop: optimiser, jitted steps, data parallelism, checkpoints and resuming.
+
+Shape legend: B global batch, T time, N MC-dropout samples.
+
+Data flows one way: config -> task (data, model, loss) -> ``train_step`` -> optax ->
+checkpoint. The batch is sharded over a ``Mesh`` of all devices along its ``'data'`` axis
+and the params are replicated. Dropout keys are ``fold_in(fold_in(seed_key, step),
+example_id)``, so the masks of a run do not depend on how its batch is laid out.
+"""
+
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import struct
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from recurrent.train import config as _config
+from recurrent.train import records, sampling, tasks
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the recurrent carry that truncated BPTT hands on."""
+
+  carry: Any = struct.field(default=None)
+
+
+class TrainResult(NamedTuple):
+  """What :func:`train_and_evaluate` returns."""
+
+  state: TrainState
+  task: tasks.Task
+  metrics: dict  # the last evaluation
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Clipping, optional weight decay and the optimiser of ``config``.
+
+  SGD decays its rate in steps as in Zaremba et al. (2014): ``lr * lr_decay **
+  max(epoch + 1 - decay_epoch, 0)`` for the 0-based ``epoch``.
+  """
+  lr = config.learning_rate
+  if config.optimizer == "sgd" and config.lr_decay < 1.0:
+    lr = optax.exponential_decay(
+      config.learning_rate,
+      transition_steps=steps_per_epoch,
+      decay_rate=config.lr_decay,
+      transition_begin=steps_per_epoch * (config.decay_epoch - 1),
+      staircase=True,
+    )
+  parts = []
+  if config.max_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+  if config.optimizer == "adamw":
+    parts.append(optax.adamw(lr, weight_decay=config.weight_decay))
+  else:
+    if config.weight_decay > 0:
+      parts.append(optax.add_decayed_weights(config.weight_decay))
+    parts.append(optax.sgd(lr) if config.optimizer == "sgd" else optax.adam(lr))
+  return optax.chain(*parts)
+
+
+def _apply(state, params, batch, carry, key, deterministic):
+  rngs = None if key is None else {"dropout": key}
+  return state.apply_fn(
+    {"params": params},
+    batch["inputs"],
+    example_ids=batch["example_ids"],
+    initial_carry=carry,
+    deterministic=deterministic,
+    rngs=rngs,
+  )
+
+
+def make_train_step(task: tasks.Task):
+  """``train_step(state, batch, key) -> (state, metrics)`` for ``task`` (not yet jitted)."""
+
+  def train_step(state: TrainState, batch: dict, key):
+    def loss_fn(params):
+      outputs, carry = _apply(state, params, batch, state.carry, key, False)
+      total, count = task.loss(outputs, batch)
+      return total / count, carry
+
+    (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    if task.carries:
+      state = state.replace(carry=jax.lax.stop_gradient(carry))
+    return state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  return train_step
+
+
+def make_eval_step(task: tasks.Task, mc_samples: int = 0):
+  """``eval_step(state, carry, batch, key) -> (loss_sum, count, carry)``.
+
+  With ``mc_samples = N > 0`` the outputs are log-probabilities averaged over N dropout
+  samples (MC dropout, Gal & Ghahramani 2016), each sample carrying its own carry
+  ``[N, ...]`` from window to window.
+  """
+
+  def eval_step(state: TrainState, carry, batch: dict, key):
+    if not mc_samples:
+      outputs, carry = _apply(state, state.params, batch, carry, None, True)
+      total, count = task.loss(outputs, batch)
+      return total, count, carry
+
+    def one_sample(k, c):
+      outputs, c = _apply(state, state.params, batch, c, k, False)
+      return jax.nn.log_softmax(outputs), c
+
+    log_probs, carry = jax.vmap(one_sample)(jax.random.split(key, mc_samples), carry)
+    mean_log_probs = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(mc_samples)
+    total, count = task.loss(mean_log_probs, batch)
+    return total, count, carry
+
+  return eval_step
+
+
+class _Sharding(NamedTuple):
+  mesh: Mesh
+  replicated: NamedSharding
+  batch: NamedSharding
+
+  def put_batch(self, batch: dict) -> dict:
+    """Places this process's rows of a global numpy batch on its devices."""
+    count, index = jax.process_count(), jax.process_index()
+
+    def put(x):
+      rows = x.shape[0] // count
+      return jax.make_array_from_process_local_data(
+        self.batch, x[index * rows : (index + 1) * rows]
+      )
+
+    return jax.tree.map(put, batch)
+
+  def state(self, state: TrainState):
+    shardings = jax.tree.map(lambda _: self.replicated, state)
+    return shardings.replace(carry=jax.tree.map(lambda _: self.batch, state.carry))
+
+
+def _sharding(devices) -> _Sharding:
+  mesh = Mesh(np.asarray(devices), ("data",))
+  return _Sharding(
+    mesh, NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+  )
+
+
+def _zeros_like(tree):
+  return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+
+
+def init_state(config, task: tasks.Task, key) -> TrainState:
+  """Initial params, optimiser state and (for language models) zero carries."""
+  batch = task.train_batch(0)
+  variables = task.model.init(
+    {"params": key},
+    batch["inputs"],
+    example_ids=batch["example_ids"],
+    deterministic=True,
+  )
+  carry = None
+  if task.carries:
+    _, carry_shapes = jax.eval_shape(
+      lambda: task.model.apply(variables, batch["inputs"], example_ids=batch["example_ids"])
+    )
+    carry = _zeros_like(carry_shapes)
+  return TrainState.create(
+    apply_fn=task.model.apply,
+    params=variables["params"],
+    tx=make_optimizer(config, task.steps_per_epoch or config.train_steps),
+    carry=carry,
+  )
+
+
+def evaluate(state, task: tasks.Task, sharding: _Sharding, eval_step, key, carry) -> dict:
+  """Runs ``eval_step`` over the task's eval batches; returns the task's metrics."""
+  total, count = 0.0, 0.0
+  for i, batch in enumerate(task.eval_batches()):
+    t, c, carry = eval_step(state, carry, sharding.put_batch(batch), jax.random.fold_in(key, i))
+    total, count = total + float(t), count + float(c)
+  return task.metrics(total / count)
+
+
+def _checkpointable(state: TrainState) -> dict:
+  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+  if state.carry is not None:
+    tree["carry"] = state.carry
+  return tree
+
+
+def _restore(manager, step: int, state: TrainState, shardings) -> TrainState:
+  target = _checkpointable(state)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    target,
+    _checkpointable(shardings),
+  )
+  tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  return state.replace(
+    step=tree["step"],
+    params=tree["params"],
+    opt_state=tree["opt_state"],
+    carry=tree.get("carry"),
+  )
+
+
+def _log_line(record: dict) -> str:
+  fields = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()]
+  return " ".join(fields)
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir,
+  *,
+  devices: list | None = None,
+) -> TrainResult:
+  """Trains ``config``'s task in ``workdir``, resuming from its last checkpoint if any.
+
+  Args:
+    config: a config from ``configs/`` (see :func:`recurrent.train.config.base_config`).
+    workdir: folder for checkpoints, ``metrics.jsonl``, ``config.json`` and ``curves.png``.
+    devices: the devices to shard the batch over; all of them by default.
+
+  Returns:
+    A :class:`TrainResult` with the final state, the task and the last eval metrics.
+  """
+  from tqdm.auto import tqdm
+
+  devices = list(devices or jax.devices())
+  _config.validate(config, len(devices))
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  records.write_atomically(
+    workdir / "config.json", lambda f: f.write(config.to_json(indent=2).encode())
+  )
+
+  task = tasks.make(config)
+  total_steps = config.epochs * task.steps_per_epoch if config.epochs else config.train_steps
+  sharding = _sharding(devices)
+  seed_key = jax.random.key(config.seed)
+  init_key, dropout_key, eval_key = jax.random.split(seed_key, 3)
+  state = init_state(config, task, init_key)
+  shardings = sharding.state(state)
+  state = jax.device_put(state, shardings)
+
+  manager = ocp.CheckpointManager(
+    (workdir / "checkpoints").absolute(),
+    options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+  )
+  start = manager.latest_step() or 0
+  if start:
+    state = _restore(manager, start, state, shardings)
+  log = records.MetricsLog(workdir / "metrics.jsonl", resume_step=start)
+
+  train_step = jax.jit(
+    make_train_step(task),
+    in_shardings=(shardings, sharding.batch, sharding.replicated),
+    out_shardings=(shardings, sharding.replicated),
+    donate_argnums=0,
+  )
+  eval_steps = {"eval": jax.jit(make_eval_step(task))}
+  if config.mc_samples:
+    eval_steps["eval_mc"] = jax.jit(make_eval_step(task, config.mc_samples))
+
+  def run_evaluation(step: int) -> dict:
+    results = {}
+    for split, eval_step in eval_steps.items():
+      carry = None
+      if task.carries:
+        carry = _zeros_like(state.carry)
+        if split == "eval_mc":
+          carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.mc_samples, *x.shape)), carry)
+      metrics = evaluate(state, task, sharding, eval_step, eval_key, carry)
+      record = {"step": step, "split": split, **metrics}
+      log.write(record)
+      results[split] = metrics
+      bar.write(_log_line(record))
+    return results
+
+  bar = tqdm(
+    total=total_steps, initial=start, disable=not config.progress, unit="step", dynamic_ncols=True
+  )
+  pending, started, last_metrics = [], time.perf_counter(), {}
+  for step in range(start, total_steps):
+    if task.carries and step % task.steps_per_epoch == 0:
+      state = state.replace(carry=jax.device_put(_zeros_like(state.carry), shardings.carry))
+    batch = sharding.put_batch(task.train_batch(step))
+    state, metrics = train_step(state, batch, jax.random.fold_in(dropout_key, step))
+    pending.append(metrics)
+    done = step + 1
+    bar.update(1)
+    if done % config.log_every == 0 or done == total_steps:
+      loss = float(np.mean([float(m["loss"]) for m in pending]))
+      elapsed = time.perf_counter() - started
+      record = {"step": done, "split": "train", **task.metrics(loss)}
+      record["tokens_per_sec"] = len(pending) * task.tokens_per_step / elapsed
+      log.write(record)
+      bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "split")})
+      pending, started = [], time.perf_counter()
+    if done % config.eval_every == 0 or done == total_steps:
+      last_metrics = run_evaluation(done)
+      started = time.perf_counter()  # tokens per second counts training only
+    if done % config.checkpoint_every == 0 or done == total_steps:
+      manager.save(done, args=ocp.args.StandardSave(_checkpointable(state)))
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  if not last_metrics:
+    last_metrics = run_evaluation(start)
+  records.plot(
+    records.MetricsLog.read(workdir / "metrics.jsonl"), workdir / "curves.png", task.metric
+  )
+  if config.sample_length and task.vocab is not None:
+    prompt = task.train_batch(0)["inputs"][0, :1]
+    tokens = sampling.sample(task.model, state.params, prompt, config.sample_length, eval_key)
+    text = task.vocab.decode(np.asarray(tokens))
+    records.write_atomically(workdir / "sample.txt", lambda f: f.write(text.encode()))
+    bar.write(f"sample: {text}")
+  return TrainResult(state, task, last_metrics)

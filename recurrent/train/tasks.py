@@ -1,0 +1,159 @@
+"""Tasks: each ties its data to a model, a loss and the metrics it reports.
+
+Shape legend: B batch, T time, V vocabulary.
+
+A :class:`Task` gives the global batch of any training step (so a resumed run restarts at
+that step exactly), the evaluation batches, and a loss that returns a sum and a count, so
+that averages over sharded batches and several windows are exact.
+"""
+
+import math
+from typing import Callable, Iterable, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from recurrent.train import batching, download, models, synthetic, text
+
+
+class Task(NamedTuple):
+  """What the loop needs of a task.
+
+  Attributes:
+    model: the :class:`recurrent.train.models.SequenceModel` to train.
+    train_batch: ``step -> batch``, a dict of numpy arrays with ``inputs``, ``targets``
+      and ``example_ids [B]`` (global example indices, the source of dropout keys).
+    eval_batches: ``() -> iterable of batches`` of the evaluation split, in order.
+    loss: ``(outputs, batch) -> (sum, count)``.
+    metrics: ``mean_loss -> dict`` of the metrics to report (e.g. perplexity).
+    metric: the name of the metric to plot.
+    carries: whether the carry flows from one batch to the next (truncated BPTT).
+    steps_per_epoch: windows per epoch for language models, else 0.
+    tokens_per_step: tokens (time steps) in one global batch.
+    vocab: the :class:`recurrent.train.text.Vocabulary` of text tasks, else None.
+  """
+
+  model: models.SequenceModel
+  train_batch: Callable[[int], dict]
+  eval_batches: Callable[[], Iterable[dict]]
+  loss: Callable
+  metrics: Callable[[float], dict]
+  metric: str
+  carries: bool
+  steps_per_epoch: int
+  tokens_per_step: int
+  vocab: object = None
+
+
+def _model(config, num_outputs: int, vocab_size: int = 0, readout: str = "all"):
+  return models.SequenceModel(
+    num_outputs=num_outputs,
+    vocab_size=vocab_size,
+    embed_size=config.embed_size or config.hidden_size,
+    hidden_size=config.hidden_size,
+    num_layers=config.num_layers,
+    cell=config.cell,
+    readout=readout,
+    dropout_kind=config.dropout_kind,
+    dropout=config.dropout,
+    recurrent_dropout=config.recurrent_dropout,
+    output_dropout=config.output_dropout,
+    embed_dropout=config.embed_dropout,
+    init_scale=config.init_scale,
+    forget_bias=config.forget_bias,
+  )
+
+
+def _cross_entropy(logits, batch):
+  """Summed token cross-entropy ``[B, T, V]`` vs ``[B, T]``, weighted if the batch says."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+  weights = batch.get("weights")
+  if weights is None:
+    return losses.sum(), jnp.asarray(losses.size, losses.dtype)
+  return (losses * weights).sum(), weights.sum().astype(losses.dtype)
+
+
+def _squared_error(outputs, batch):
+  errors = jnp.square(outputs[:, 0] - batch["targets"])
+  return errors.sum(), jnp.asarray(errors.size, errors.dtype)
+
+
+def _perplexity(loss: float) -> dict:
+  return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+
+def language_model(config, train: np.ndarray, valid: np.ndarray, vocab) -> Task:
+  """Truncated-BPTT language model over B streams of ``train``; evaluated on ``valid``."""
+  train_windows = batching.lm_batches(train, config.batch_size, config.seq_len)
+  valid_windows = batching.lm_batches(valid, config.batch_size, config.seq_len)
+  return Task(
+    model=_model(config, len(vocab), len(vocab)),
+    train_batch=lambda step: train_windows.batch(step % len(train_windows)),
+    eval_batches=lambda: iter(valid_windows),
+    loss=_cross_entropy,
+    metrics=_perplexity,
+    metric="perplexity",
+    carries=True,
+    steps_per_epoch=len(train_windows),
+    tokens_per_step=config.batch_size * config.seq_len,
+    vocab=vocab,
+  )
+
+
+def _synthetic(config, make_batch, model, loss, metrics, metric) -> Task:
+  eval_batches = config.eval_examples // config.batch_size or 1
+
+  def eval_iter():
+    # Held-out examples: a seed the training batches never use.
+    for i in range(eval_batches):
+      yield make_batch(config.seed + 1, i, config.batch_size)
+
+  return Task(
+    model=model,
+    train_batch=lambda step: make_batch(config.seed, step, config.batch_size),
+    eval_batches=eval_iter,
+    loss=loss,
+    metrics=metrics,
+    metric=metric,
+    carries=False,
+    steps_per_epoch=0,
+    tokens_per_step=config.batch_size * config.seq_len,
+  )
+
+
+def make(config) -> Task:
+  """The task ``config.task`` names, with its data loaded and its model built."""
+  if config.task == "ptb":
+    if config.download:
+      download.fetch_ptb(config.data_dir)
+    corpus = text.ptb(config.data_dir)
+    return language_model(config, corpus.train, corpus.valid, corpus.vocab)
+  if config.task == "chars":
+    corpus = text.char_corpus(config.data_dir)
+    return language_model(config, corpus.train, corpus.valid, corpus.vocab)
+  if config.task == "adding":
+    data = {
+      seed: synthetic.AddingProblem(config.seq_len, seed) for seed in (config.seed, config.seed + 1)
+    }
+    model, loss, metrics, metric = _model(config, 1, readout="last"), _squared_error, "mse", "mse"
+  else:
+    data = {
+      seed: synthetic.CopyTask(config.seq_len, seed, config.copy_symbols, config.copy_alphabet)
+      for seed in (config.seed, config.seed + 1)
+    }
+    vocab_size = data[config.seed].vocab_size
+    model, loss, metrics, metric = (
+      _model(config, vocab_size, vocab_size),
+      _cross_entropy,
+      "loss",
+      "loss",
+    )
+  return _synthetic(
+    config,
+    lambda seed, step, size: data[seed].batch(step, size),
+    model,
+    loss,
+    lambda value: {metrics: value},
+    metric,
+  )
