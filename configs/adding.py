@@ -18,10 +18,11 @@ def get_config(variant: str = ""):
   c.cell = "lstm"
   c.hidden_size = 64
   c.optimizer = "adam"
-  c.learning_rate = 1e-3
+  c.learning_rate = 3e-3
+  c.lr_schedule = "cosine"
   c.max_grad_norm = 1.0
   c.batch_size = 64
-  c.train_steps = 2500
+  c.train_steps = 2000
   c.eval_every = 500
   c.checkpoint_every = 500
   if variant == "tiny":  # for tests: seconds, not minutes

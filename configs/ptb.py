@@ -29,6 +29,7 @@ def _zaremba(c, hidden, init_scale, max_grad_norm, num_steps, decay_epoch, epoch
   c.decay_epoch = decay_epoch  # Zaremba's max_epoch: full rate for this many epochs
   c.epochs = epochs  # Zaremba's max_max_epoch
   c.lr_decay = lr_decay
+  c.lr_schedule = "step"
 
 
 def get_config(variant: str = "zaremba_small"):

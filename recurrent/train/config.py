@@ -13,6 +13,7 @@ TASKS = ("adding", "copy", "ptb", "chars")
 CELLS = ("lstm", "gru")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DROPOUT_KINDS = ("variational", "naive")
+LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -46,8 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Optimisation.
   c.optimizer = "adam"  # one of OPTIMIZERS
   c.learning_rate = 1e-3
-  c.lr_decay = 1.0  # sgd step decay: lr * lr_decay ** max(epoch + 1 - decay_epoch, 0)
-  c.decay_epoch = 1  # the first (1-based) epoch at full rate is 1; decay starts after it
+  c.lr_schedule = "constant"  # one of LR_SCHEDULES
+  c.lr_decay = 0.5  # "step": lr * lr_decay ** max(epoch + 1 - decay_epoch, 0) (Zaremba)
+  c.decay_epoch = 1  # "step": epochs at the full rate
   c.weight_decay = 0.0
   c.max_grad_norm = 0.0  # > 0: clip gradients by global norm
   c.batch_size = 64  # global batch, split over devices
@@ -96,6 +98,7 @@ _CHOICES = {
   "cell": CELLS,
   "optimizer": OPTIMIZERS,
   "dropout_kind": DROPOUT_KINDS,
+  "lr_schedule": LR_SCHEDULES,
 }
 
 
@@ -151,6 +154,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
   if not 0.0 < config.lr_decay <= 1.0:
     raise ValueError(f"config.lr_decay must be in (0, 1], got {config.lr_decay}")
+  if config.lr_schedule == "step" and config.task not in ("ptb", "chars"):
+    raise ValueError(
+      f"config.lr_schedule='step' decays per epoch, which only language-model tasks have;"
+      f" got task {config.task!r} (use 'cosine' or 'constant')"
+    )
   if config.train_steps == 0 and config.epochs == 0:
     raise ValueError("config.train_steps and config.epochs are both 0; set one of them")
   if config.batch_size % num_devices:

@@ -40,14 +40,15 @@ class TrainResult(NamedTuple):
   metrics: dict  # the last evaluation
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
   """Clipping, optional weight decay and the optimiser of ``config``.
 
-  SGD decays its rate in steps as in Zaremba et al. (2014): ``lr * lr_decay **
-  max(epoch + 1 - decay_epoch, 0)`` for the 0-based ``epoch``.
+  ``lr_schedule='step'`` decays the rate per epoch as Zaremba et al. (2014) do, ``lr *
+  lr_decay ** max(epoch + 1 - decay_epoch, 0)`` for the 0-based ``epoch``; ``'cosine'``
+  decays it to 0 over ``total_steps``.
   """
   lr = config.learning_rate
-  if config.optimizer == "sgd" and config.lr_decay < 1.0:
+  if config.lr_schedule == "step":
     lr = optax.exponential_decay(
       config.learning_rate,
       transition_steps=steps_per_epoch,
@@ -55,6 +56,8 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
       transition_begin=steps_per_epoch * (config.decay_epoch - 1),
       staircase=True,
     )
+  elif config.lr_schedule == "cosine":
+    lr = optax.cosine_decay_schedule(config.learning_rate, total_steps)
   parts = []
   if config.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(config.max_grad_norm))
@@ -106,6 +109,10 @@ def make_eval_step(task: tasks.Task, mc_samples: int = 0):
   """
 
   def eval_step(state: TrainState, carry, batch: dict, key):
+    total, count, carry = _evaluate(state, carry, batch, key)
+    return total, count, carry if task.carries else None
+
+  def _evaluate(state, carry, batch, key):
     if not mc_samples:
       outputs, carry = _apply(state, state.params, batch, carry, None, True)
       total, count = task.loss(outputs, batch)
@@ -156,7 +163,7 @@ def _zeros_like(tree):
   return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
 
 
-def init_state(config, task: tasks.Task, key) -> TrainState:
+def init_state(config, task: tasks.Task, key, total_steps: int) -> TrainState:
   """Initial params, optimiser state and (for language models) zero carries."""
   batch = task.train_batch(0)
   variables = task.model.init(
@@ -174,7 +181,7 @@ def init_state(config, task: tasks.Task, key) -> TrainState:
   return TrainState.create(
     apply_fn=task.model.apply,
     params=variables["params"],
-    tx=make_optimizer(config, task.steps_per_epoch or config.train_steps),
+    tx=make_optimizer(config, task.steps_per_epoch, total_steps),
     carry=carry,
   )
 
@@ -247,7 +254,7 @@ def train_and_evaluate(
   sharding = _sharding(devices)
   seed_key = jax.random.key(config.seed)
   init_key, dropout_key, eval_key = jax.random.split(seed_key, 3)
-  state = init_state(config, task, init_key)
+  state = init_state(config, task, init_key, total_steps)
   shardings = sharding.state(state)
   state = jax.device_put(state, shardings)
 

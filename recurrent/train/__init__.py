@@ -1,0 +1,1 @@
+"""Training: loop, tasks and data, checkpoints and the command line."""
