@@ -3,9 +3,11 @@
 Shape legend: B global batch, T time, N MC-dropout samples.
 
 Data flows one way: config -> task (data, model, loss) -> ``train_step`` -> optax ->
-checkpoint. The batch is sharded over a ``Mesh`` of all devices along its ``'data'`` axis
-and the params are replicated. Dropout keys are ``fold_in(fold_in(seed_key, step),
-example_id)``, so the masks of a run do not depend on how its batch is laid out.
+checkpoint. The batch is sharded over a ``Mesh`` of all devices
+along its ``'data'`` axis and the params are replicated. The dropout rng of step ``s`` is
+``fold_in(dropout_key, s)``; the model turns it into one key per sequence with
+``fold_in(rng, example_id)`` (:func:`recurrent.sequence_keys`), so the masks of a run do
+not depend on how its batch is laid out or sharded.
 """
 
 import pathlib
