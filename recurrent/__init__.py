@@ -2,8 +2,12 @@
 
 Pure cells (:func:`lstm`, :func:`gru`), a ``lax.scan`` driver (:func:`scan`), layers
 (:func:`bidirectional`, :func:`stack`), time-invariant dropout (:mod:`recurrent.dropout`)
-and weight converters (:mod:`recurrent.convert`).
+and weight converters (:mod:`recurrent.convert`). Flax modules over them live in
+:mod:`recurrent.linen` and :mod:`recurrent.nnx`, imported on first use so that
+``import recurrent`` does not import Flax.
 """
+
+import importlib
 
 from recurrent import convert, dropout
 from recurrent.cell import Cell
@@ -14,6 +18,14 @@ from recurrent.lstm import LSTMGates, LSTMParams, LSTMState, lstm
 from recurrent.scan import scan, trace
 
 __version__ = "0.1.0"
+_LAZY_SUBMODULES = ("linen", "nnx")
+
+
+def __getattr__(name: str):
+  if name in _LAZY_SUBMODULES:
+    return importlib.import_module(f"recurrent.{name}")
+  raise AttributeError(f"module 'recurrent' has no attribute {name!r}")
+
 
 __all__ = [
   "Bidirectional",
@@ -29,8 +41,10 @@ __all__ = [
   "dropout",
   "gru",
   "init_layers",
+  "linen",
   "lstm",
   "mc_average",
+  "nnx",
   "scan",
   "sequence_keys",
   "stack",

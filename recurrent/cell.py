@@ -120,7 +120,7 @@ def project_gates(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tupl
 def orthogonal_blocks(init, key, hidden_size: int, num_gates: int, dtype) -> Array:
   """``[H, G*H]``: each gate's ``[H, H]`` block drawn on its own from ``init``."""
   # Drawn in (at least) float32: LAPACK's QR, behind the orthogonal initialiser, has no bf16.
-  draw_dtype = jnp.promote_types(dtype, jnp.float32)
+  draw_dtype = dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
   keys = jax.random.split(key, num_gates)
   blocks = [init(k, (hidden_size, hidden_size), draw_dtype) for k in keys]
   return jnp.concatenate(blocks, axis=1).astype(dtype)
