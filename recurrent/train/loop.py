@@ -12,7 +12,7 @@ not depend on how its batch is laid out or sharded.
 
 import pathlib
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,7 @@ class TrainResult(NamedTuple):
 
   state: TrainState
   task: tasks.Task
-  metrics: dict  # the last evaluation
+  metrics: dict  # the last evaluation of each split: {'eval': {...}, 'test': {...}, ...}
 
 
 def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
@@ -97,7 +97,7 @@ def make_train_step(task: tasks.Task):
     state = state.apply_gradients(grads=grads)
     if task.carries:
       state = state.replace(carry=jax.lax.stop_gradient(carry))
-    return state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return train_step
 
@@ -188,10 +188,10 @@ def init_state(config, task: tasks.Task, key, total_steps: int) -> TrainState:
   )
 
 
-def evaluate(state, task: tasks.Task, sharding: _Sharding, eval_step, key, carry) -> dict:
-  """Runs ``eval_step`` over the task's eval batches; returns the task's metrics."""
+def evaluate(state, batches: Iterable[dict], task: tasks.Task, sharding, eval_step, key, carry):
+  """Runs ``eval_step`` over ``batches`` in order; returns the task's metrics."""
   total, count = 0.0, 0.0
-  for i, batch in enumerate(task.eval_batches()):
+  for i, batch in enumerate(batches):
     t, c, carry = eval_step(state, carry, sharding.put_batch(batch), jax.random.fold_in(key, i))
     total, count = total + float(t), count + float(c)
   return task.metrics(total / count)
@@ -275,29 +275,30 @@ def train_and_evaluate(
     out_shardings=(shardings, sharding.replicated),
     donate_argnums=0,
   )
-  eval_steps = {"eval": jax.jit(make_eval_step(task))}
+  eval_steps = {"": jax.jit(make_eval_step(task))}
   if config.mc_samples:
-    eval_steps["eval_mc"] = jax.jit(make_eval_step(task, config.mc_samples))
+    eval_steps["_mc"] = jax.jit(make_eval_step(task, config.mc_samples))
 
-  def run_evaluation(step: int) -> dict:
+  def run_evaluation(step: int, batches: Callable, name: str) -> dict:
+    """Evaluates on ``batches()`` (dropout off, and MC dropout if asked); logs each."""
     results = {}
-    for split, eval_step in eval_steps.items():
+    for suffix, eval_step in eval_steps.items():
       carry = None
       if task.carries:
         carry = _zeros_like(state.carry)
-        if split == "eval_mc":
+        if suffix:
           carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.mc_samples, *x.shape)), carry)
-      metrics = evaluate(state, task, sharding, eval_step, eval_key, carry)
-      record = {"step": step, "split": split, **metrics}
+      metrics = evaluate(state, batches(), task, sharding, eval_step, eval_key, carry)
+      record = {"step": step, "split": name + suffix, **metrics}
       log.write(record)
-      results[split] = metrics
+      results[name + suffix] = metrics
       bar.write(_log_line(record))
     return results
 
   bar = tqdm(
     total=total_steps, initial=start, disable=not config.progress, unit="step", dynamic_ncols=True
   )
-  pending, started, last_metrics = [], time.perf_counter(), {}
+  pending, started = [], time.perf_counter()
   for step in range(start, total_steps):
     if task.carries and step % task.steps_per_epoch == 0:
       state = state.replace(carry=jax.device_put(_zeros_like(state.carry), shardings.carry))
@@ -315,15 +316,21 @@ def train_and_evaluate(
       bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "split")})
       pending, started = [], time.perf_counter()
     if done % config.eval_every == 0 or done == total_steps:
-      last_metrics = run_evaluation(done)
+      run_evaluation(done, task.eval_batches, "eval")
       started = time.perf_counter()  # tokens per second counts training only
     if done % config.checkpoint_every == 0 or done == total_steps:
       manager.save(done, args=ocp.args.StandardSave(_checkpointable(state)))
   bar.close()
   manager.wait_until_finished()
   manager.close()
-  if not last_metrics:
-    last_metrics = run_evaluation(start)
+  # The last evaluations, from the log: a rerun of a finished run evaluates nothing again.
+  final = {
+    r["split"]: {k: v for k, v in r.items() if k not in ("step", "split")}
+    for r in records.MetricsLog.read(log.path)
+    if r["step"] == total_steps and r["split"] != "train"
+  }
+  if task.test_batches is not None and "test" not in final:
+    final.update(run_evaluation(total_steps, task.test_batches, "test"))
   records.plot(
     records.MetricsLog.read(workdir / "metrics.jsonl"), workdir / "curves.png", task.metric
   )
@@ -333,4 +340,4 @@ def train_and_evaluate(
     text = task.vocab.decode(np.asarray(tokens))
     records.write_atomically(workdir / "sample.txt", lambda f: f.write(text.encode()))
     bar.write(f"sample: {text}")
-  return TrainResult(state, task, last_metrics)
+  return TrainResult(state, task, final)

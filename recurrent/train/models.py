@@ -74,10 +74,10 @@ class SequenceModel(nn.Module):
     """Drops whole word types: one keep-mask over the vocabulary per sequence."""
     if deterministic or self.embed_dropout == 0.0:
       return embedded
-    keys = _dropout.sequence_keys(self.make_rng("dropout"), example_ids)
-    (vocab_mask,) = _dropout.masks(keys, self.vocab_size, self.embed_dropout)  # [B, V]
     if self.dropout_kind == "naive":
       raise ValueError("embed_dropout needs dropout_kind='variational'")
+    keys = _dropout.sequence_keys(self.make_rng("dropout"), example_ids)
+    (vocab_mask,) = _dropout.masks(keys, self.vocab_size, self.embed_dropout)  # [B, V]
     word_mask = jnp.take_along_axis(vocab_mask, tokens, axis=-1)  # [B, T]
     return embedded * word_mask[..., None].astype(embedded.dtype)
 

@@ -36,6 +36,7 @@ def sample(model, params, prompt, length: int, key, *, temperature: float = 1.0)
   @jax.jit
   def run(key):
     logits, carry = apply(prompt, zeros)
+    logits = logits[:, -1:]  # [1, 1, V]: the scan's carry keeps one step's logits
 
     def step(state, key):
       logits, carry = state

@@ -32,6 +32,8 @@ class Task(NamedTuple):
     steps_per_epoch: windows per epoch for language models, else 0.
     tokens_per_step: tokens (time steps) in one global batch.
     vocab: the :class:`recurrent.train.text.Vocabulary` of text tasks, else None.
+    test_batches: like ``eval_batches``, for a test split evaluated once at the end;
+      None if the task has none.
   """
 
   model: models.SequenceModel
@@ -44,6 +46,7 @@ class Task(NamedTuple):
   steps_per_epoch: int
   tokens_per_step: int
   vocab: object = None
+  test_batches: Callable[[], Iterable[dict]] | None = None
 
 
 def _model(config, num_outputs: int, vocab_size: int = 0, readout: str = "all"):
@@ -83,10 +86,14 @@ def _perplexity(loss: float) -> dict:
   return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
 
-def language_model(config, train: np.ndarray, valid: np.ndarray, vocab) -> Task:
-  """Truncated-BPTT language model over B streams of ``train``; evaluated on ``valid``."""
+def language_model(config, train: np.ndarray, valid: np.ndarray, vocab, test=None) -> Task:
+  """Truncated-BPTT language model over B streams of ``train``; evaluated on ``valid``
+  during training and on ``test`` (if given) at the end."""
   train_windows = batching.lm_batches(train, config.batch_size, config.seq_len)
   valid_windows = batching.lm_batches(valid, config.batch_size, config.seq_len)
+  test_windows = (
+    None if test is None else batching.lm_batches(test, config.batch_size, config.seq_len)
+  )
   return Task(
     model=_model(config, len(vocab), len(vocab)),
     train_batch=lambda step: train_windows.batch(step % len(train_windows)),
@@ -98,6 +105,7 @@ def language_model(config, train: np.ndarray, valid: np.ndarray, vocab) -> Task:
     steps_per_epoch=len(train_windows),
     tokens_per_step=config.batch_size * config.seq_len,
     vocab=vocab,
+    test_batches=None if test_windows is None else lambda: iter(test_windows),
   )
 
 
@@ -128,7 +136,7 @@ def make(config) -> Task:
     if config.download:
       download.fetch_ptb(config.data_dir)
     corpus = text.ptb(config.data_dir)
-    return language_model(config, corpus.train, corpus.valid, corpus.vocab)
+    return language_model(config, corpus.train, corpus.valid, corpus.vocab, corpus.test)
   if config.task == "chars":
     corpus = text.char_corpus(config.data_dir)
     return language_model(config, corpus.train, corpus.valid, corpus.vocab)
