@@ -299,6 +299,7 @@ def train_and_evaluate(
     total=total_steps, initial=start, disable=not config.progress, unit="step", dynamic_ncols=True
   )
   pending, started = [], time.perf_counter()
+  deadline = time.perf_counter() + 60 * config.max_train_minutes
   for step in range(start, total_steps):
     if task.carries and step % task.steps_per_epoch == 0:
       state = state.replace(carry=jax.device_put(_zeros_like(state.carry), shardings.carry))
@@ -307,6 +308,8 @@ def train_and_evaluate(
     pending.append(metrics)
     done = step + 1
     bar.update(1)
+    if config.max_train_minutes and time.perf_counter() > deadline:
+      total_steps = done  # the time budget is spent: log, evaluate and save this step
     if done % config.log_every == 0 or done == total_steps:
       loss = float(np.mean([float(m["loss"]) for m in pending]))
       elapsed = time.perf_counter() - started
@@ -320,6 +323,8 @@ def train_and_evaluate(
       started = time.perf_counter()  # tokens per second counts training only
     if done % config.checkpoint_every == 0 or done == total_steps:
       manager.save(done, args=ocp.args.StandardSave(_checkpointable(state)))
+    if done == total_steps:
+      break
   bar.close()
   manager.wait_until_finished()
   manager.close()
