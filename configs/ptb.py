@@ -30,6 +30,7 @@ def _zaremba(c, hidden, init_scale, max_grad_norm, num_steps, decay_epoch, epoch
   c.epochs = epochs  # Zaremba's max_max_epoch
   c.lr_decay = lr_decay
   c.lr_schedule = "step"
+  c.loss_sum_over_time = True  # their lr = 1 and clipping norms assume it
 
 
 def get_config(variant: str = "zaremba_small"):

@@ -52,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.decay_epoch = 1  # "step": epochs at the full rate
   c.weight_decay = 0.0
   c.max_grad_norm = 0.0  # > 0: clip gradients by global norm
+  # Language models: differentiate the per-step losses summed over the window (and averaged
+  # over the batch), as Zaremba et al. and Gal & Ghahramani do; their lr and clipping norm
+  # assume it. False differentiates the mean over tokens. Metrics are per token either way.
+  c.loss_sum_over_time = False
   c.batch_size = 64  # global batch, split over devices
   c.train_steps = 1000  # total optimiser steps; LM tasks: epochs * windows per epoch
   c.epochs = 0  # LM tasks: > 0 overrides train_steps with whole epochs
@@ -172,6 +176,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     raise ValueError(
       "config.recurrent_dropout must be 0 with dropout_kind='naive' (a new mask per step"
       f" on h_t is what Gal & Ghahramani show fails), got {config.recurrent_dropout}"
+    )
+  if config.loss_sum_over_time and config.task not in ("ptb", "chars"):
+    raise ValueError(
+      f"config.loss_sum_over_time is for language-model tasks, got task {config.task!r}"
     )
   if config.task in ("ptb", "chars") and not config.data_dir:
     raise ValueError(f"config.data_dir must name the {config.task} data, got ''")

@@ -32,6 +32,7 @@ class Task(NamedTuple):
     steps_per_epoch: windows per epoch for language models, else 0.
     tokens_per_step: tokens (time steps) in one global batch.
     vocab: the :class:`recurrent.train.text.Vocabulary` of text tasks, else None.
+    loss_scale: the training loss is the mean loss times this (``T`` to sum over time).
     test_batches: like ``eval_batches``, for a test split evaluated once at the end;
       None if the task has none.
   """
@@ -47,6 +48,7 @@ class Task(NamedTuple):
   tokens_per_step: int
   vocab: object = None
   test_batches: Callable[[], Iterable[dict]] | None = None
+  loss_scale: float = 1.0
 
 
 def _model(config, num_outputs: int, vocab_size: int = 0, readout: str = "all"):
@@ -106,6 +108,7 @@ def language_model(config, train: np.ndarray, valid: np.ndarray, vocab, test=Non
     tokens_per_step=config.batch_size * config.seq_len,
     vocab=vocab,
     test_batches=None if test_windows is None else lambda: iter(test_windows),
+    loss_scale=float(config.seq_len) if config.loss_sum_over_time else 1.0,
   )
 
 
