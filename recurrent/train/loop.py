@@ -91,9 +91,9 @@ def make_train_step(task: tasks.Task):
     def loss_fn(params):
       outputs, carry = _apply(state, params, batch, state.carry, key, False)
       total, count = task.loss(outputs, batch)
-      return total / count, carry
+      return total / count * task.loss_scale, (total / count, carry)
 
-    (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads)
     if task.carries:
       state = state.replace(carry=jax.lax.stop_gradient(carry))
@@ -288,6 +288,9 @@ def train_and_evaluate(
         carry = _zeros_like(state.carry)
         if suffix:
           carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.mc_samples, *x.shape)), carry)
+        # Sharded as eval_step returns it, so that the next window does not retrace.
+        spec = PartitionSpec(None, "data") if suffix else PartitionSpec("data")
+        carry = jax.device_put(carry, NamedSharding(sharding.mesh, spec))
       metrics = evaluate(state, batches(), task, sharding, eval_step, eval_key, carry)
       record = {"step": step, "split": name + suffix, **metrics}
       log.write(record)
