@@ -61,12 +61,13 @@ class MetricsLog:
 
 def plot(records: Iterable[dict], path: pathlib.Path, metric: str) -> None:
   """Saves a PNG of ``metric`` for the train and eval records against the step."""
-  import matplotlib
+  # A bare Figure with the Agg canvas: no pyplot, so a notebook's backend is left alone.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
   records = list(records)
   for split in ("train", "eval", "eval_mc"):
     points = [(r["step"], r[metric]) for r in records if r["split"] == split and metric in r]
@@ -80,4 +81,3 @@ def plot(records: Iterable[dict], path: pathlib.Path, metric: str) -> None:
   ax.grid(alpha=0.3)
   fig.tight_layout()
   write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
-  plt.close(fig)
