@@ -241,7 +241,7 @@ def train_and_evaluate(
   Returns:
     A :class:`TrainResult` with the final state, the task and the last eval metrics.
   """
-  from tqdm.auto import tqdm
+  from tqdm import tqdm
 
   devices = list(devices or jax.devices())
   _config.validate(config, len(devices))
@@ -275,9 +275,20 @@ def train_and_evaluate(
     out_shardings=(shardings, sharding.replicated),
     donate_argnums=0,
   )
-  eval_steps = {"": jax.jit(make_eval_step(task))}
-  if config.mc_samples:
-    eval_steps["_mc"] = jax.jit(make_eval_step(task, config.mc_samples))
+  # The eval carry keeps one sharding from window to window, so each eval step compiles once.
+  carry_shardings = {
+    "": sharding.batch,
+    "_mc": NamedSharding(sharding.mesh, PartitionSpec(None, "data")),
+  }
+  eval_steps = {
+    suffix: jax.jit(
+      make_eval_step(task, mc_samples),
+      in_shardings=(shardings, carry_shardings[suffix], sharding.batch, sharding.replicated),
+      out_shardings=(sharding.replicated, sharding.replicated, carry_shardings[suffix]),
+    )
+    for suffix, mc_samples in (("", 0), ("_mc", config.mc_samples))
+    if not suffix or mc_samples
+  }
 
   def run_evaluation(step: int, batches: Callable, name: str) -> dict:
     """Evaluates on ``batches()`` (dropout off, and MC dropout if asked); logs each."""
@@ -288,9 +299,7 @@ def train_and_evaluate(
         carry = _zeros_like(state.carry)
         if suffix:
           carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.mc_samples, *x.shape)), carry)
-        # Sharded as eval_step returns it, so that the next window does not retrace.
-        spec = PartitionSpec(None, "data") if suffix else PartitionSpec("data")
-        carry = jax.device_put(carry, NamedSharding(sharding.mesh, spec))
+        carry = jax.device_put(carry, carry_shardings[suffix])
       metrics = evaluate(state, batches(), task, sharding, eval_step, eval_key, carry)
       record = {"step": step, "split": name + suffix, **metrics}
       log.write(record)

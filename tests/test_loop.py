@@ -1,0 +1,452 @@
+"""recurrent.train.loop: optimiser, train and eval steps, the loop on every task, devices.
+
+References, named in each test:
+
+- Zaremba et al. 2014's learning-rate rule, ``lr * decay ** max(epoch + 1 - max_epoch, 0)``
+  (their ``ptb_word_lm``), read off SGD's update of a unit gradient; clipping by global
+  norm: an update of norm ``lr * max_grad_norm`` along the gradient.
+- MC dropout (Gal & Ghahramani 2016): the mean of the softmax probabilities over N dropout
+  samples, computed here with ``model.apply`` and the keys ``split(key, N)``, each sample
+  threading its own carry from window to window; with every rate 0 it is the plain eval.
+- The loop on each task's tiny config: the first and last train records of its
+  ``metrics.jsonl`` (the loss must fall), and the returned metrics against the log.
+- Tracing: a counter in the Python body of the step functions (it runs once per trace) and
+  the jitted functions' cache sizes, over an epoch boundary and a resume.
+- Devices: the same runs on 1 and on 8 (forced host) devices give the same loss curves,
+  dropout included, because masks come from example ids, not from the batch layout.
+
+optax is not clean under the session's strict dtype promotion (adam's bias correction
+raises ``decay ** count`` with an int32 count, the cosine schedule mixes that count with a
+float), so whatever runs an optax update runs under ``standard`` promotion, by
+:func:`optax_promotion`; the model and the eval steps stay strict.
+"""
+
+import collections
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from recurrent.train import config as config_lib
+from recurrent.train import loop, tasks, text
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# A fake treebank: a small grammar, so that a tiny LSTM learns something in a few steps.
+ADJECTIVES = ["big", "small", "red", "old", "new"]
+NOUNS = ["cat", "dog", "man", "car", "house", "tree", "<unk>", "N"]
+VERBS = ["sees", "likes", "has", "sells", "buys"]
+
+
+def load_config(name, variant=None, **overrides):
+  # By path, as ml_collections' config flag does: configs/ on sys.path would let
+  # configs/copy.py shadow the standard library's copy module.
+  spec = importlib.util.spec_from_file_location(f"_config_{name}", ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config() if variant is None else module.get_config(variant)
+  c.progress = False
+  c.update(overrides)
+  return c
+
+
+def sentences(count, seed):
+  rng = np.random.default_rng(seed)
+  lines = []
+  for _ in range(count):
+    adjective, subject, verb, obj = (rng.choice(w) for w in (ADJECTIVES, NOUNS, VERBS, NOUNS))
+    lines.append(f" the {adjective} {subject} {verb} a {obj} \n")
+  return "".join(lines)
+
+
+def write_ptb(directory):
+  every_word = " the a " + " ".join(ADJECTIVES + NOUNS + VERBS) + " \n"
+  splits = {"train": every_word + sentences(200, 0), "valid": sentences(40, 1)}
+  splits["test"] = sentences(40, 2)
+  for split, content in splits.items():
+    (directory / f"ptb.{split}.txt").write_text(content)
+  return directory
+
+
+def optax_promotion():
+  return jax.numpy_dtype_promotion("standard")
+
+
+def train(config, workdir, **kwargs):
+  with optax_promotion():
+    return loop.train_and_evaluate(config, workdir, **kwargs)
+
+
+def read_metrics(workdir):
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines]  # every line complete
+
+
+def split_records(records, split):
+  return [r for r in records if r["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def ptb_dir(tmp_path_factory):
+  return str(write_ptb(tmp_path_factory.mktemp("ptb")))
+
+
+# --- optimiser ------------------------------------------------------------------------------
+
+
+def learning_rates(tx, steps):
+  """The rates an optimiser applies at steps 0..steps-1: minus SGD's update of grad 1."""
+  params = jnp.zeros((), jnp.float32)
+  state = tx.init(params)
+  rates = []
+  for _ in range(steps):
+    with optax_promotion():
+      updates, state = tx.update(jnp.ones((), jnp.float32), state, params)
+    rates.append(-float(updates))
+  return np.array(rates)
+
+
+@pytest.mark.parametrize("decay_epoch, lr_decay", [(1, 0.5), (4, 0.5), (6, 0.8), (14, 1 / 1.15)])
+def test_step_schedule_is_zarembas_rule(decay_epoch, lr_decay):
+  c = config_lib.base_config()
+  c.update(
+    task="ptb", optimizer="sgd", learning_rate=1.0, lr_schedule="step",
+    decay_epoch=decay_epoch, lr_decay=lr_decay,
+  )  # fmt: skip
+  steps_per_epoch, epochs = 3, decay_epoch + 4
+  tx = loop.make_optimizer(c, steps_per_epoch, steps_per_epoch * epochs)
+  got = learning_rates(tx, steps_per_epoch * epochs)
+  epoch = np.arange(steps_per_epoch * epochs) // steps_per_epoch
+  expected = 1.0 * lr_decay ** np.maximum(epoch + 1 - decay_epoch, 0)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  assert got[0] == 1.0 and got[-1] < 1.0  # decays within the run
+
+
+def test_constant_and_cosine_schedules():
+  c = config_lib.base_config()
+  c.update(optimizer="sgd", learning_rate=0.3)
+  np.testing.assert_allclose(learning_rates(loop.make_optimizer(c, 0, 10), 10), 0.3, rtol=1e-6)
+  c.lr_schedule = "cosine"
+  got = learning_rates(loop.make_optimizer(c, 0, 10), 10)
+  expected = 0.3 * 0.5 * (1 + np.cos(np.pi * np.arange(10) / 10))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_clipping_by_global_norm():
+  c = config_lib.base_config()
+  c.update(optimizer="sgd", learning_rate=0.1, max_grad_norm=2.0)
+  tx = loop.make_optimizer(c, 0, 10)
+  params = {"a": jnp.zeros((3,), jnp.float32), "b": jnp.zeros((2, 2), jnp.float32)}
+  state = tx.init(params)
+  huge = {"a": jnp.array([3e6, -4e6, 1e6], jnp.float32), "b": jnp.full((2, 2), 2e6, jnp.float32)}
+  updates, state = tx.update(huge, state, params)
+  norm = np.sqrt(sum(float(jnp.sum(u**2)) for u in jax.tree.leaves(huge)))
+  np.testing.assert_allclose(float(optax.tree.norm(updates)), 0.1 * 2.0, rtol=1e-5)
+  for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(huge)):
+    np.testing.assert_allclose(u, -0.1 * 2.0 * np.asarray(g) / norm, rtol=1e-5)
+  small = jax.tree.map(lambda g: g * 1e-7, huge)  # global norm 0.69 < 2: untouched
+  updates, _ = tx.update(small, state, params)
+  for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(small)):
+    np.testing.assert_allclose(u, -0.1 * np.asarray(g), rtol=1e-6)
+
+
+# --- MC dropout evaluation ------------------------------------------------------------------
+
+
+def lm_task(**overrides):
+  """A language-model task on random tokens (no files: the arrays go in directly)."""
+  # init_scale 1: weights large enough that dropout changes the predictions visibly.
+  c = load_config("ptb", "tiny", data_dir="unused", init_scale=1.0, **overrides)
+  vocab = text.Vocabulary(tuple(f"w{i}" for i in range(13)), separator=" ")
+  rng = np.random.default_rng(0)
+  train = rng.integers(0, 13, 400).astype(np.int32)
+  valid = rng.integers(0, 13, 200).astype(np.int32)
+  task = tasks.language_model(c, train, valid, vocab)
+  state = loop.init_state(c, task, jax.random.key(0), total_steps=10)
+  return task, state
+
+
+def mc_reference(task, state, batches, key, samples):
+  """Mean softmax probability over ``samples`` dropout draws; -log of the target's, summed."""
+  apply = jax.jit(
+    lambda batch, carry, key: task.model.apply(
+      {"params": state.params},
+      batch["inputs"],
+      example_ids=batch["example_ids"],
+      initial_carry=carry,
+      deterministic=False,
+      rngs={"dropout": key},
+    )
+  )
+  carries = [jax.tree.map(jnp.zeros_like, state.carry) for _ in range(samples)]
+  totals = []
+  for i, batch in enumerate(batches):
+    keys = jax.random.split(jax.random.fold_in(key, i), samples)
+    probs = []
+    for s in range(samples):
+      logits, carries[s] = apply(batch, carries[s], keys[s])
+      probs.append(np.asarray(jax.nn.softmax(logits), np.float64))
+    mean = np.mean(probs, axis=0)  # [B, T, V]
+    target_probs = np.take_along_axis(mean, batch["targets"][..., None], axis=-1)
+    totals.append(-np.log(target_probs).sum())
+  return np.array(totals)
+
+
+def run_eval(eval_step, state, batches, key, carry):
+  totals = []
+  for i, batch in enumerate(batches):
+    total, count, carry = eval_step(state, carry, batch, jax.random.fold_in(key, i))
+    assert float(count) == batch["targets"].size
+    totals.append(float(total))
+  return np.array(totals)
+
+
+def test_mc_dropout_eval_averages_probabilities_over_samples():
+  samples = 3
+  task, state = lm_task(dropout=0.3, recurrent_dropout=0.3, output_dropout=0.3, embed_dropout=0.2)
+  batches = list(task.eval_batches())[:2]  # the carry flows from window 0 to window 1
+  key = jax.random.key(7)
+  carry = jax.tree.map(lambda x: jnp.zeros((samples, *x.shape), x.dtype), state.carry)
+  eval_step = jax.jit(loop.make_eval_step(task, mc_samples=samples))
+  got = run_eval(eval_step, state, batches, key, carry)
+  expected = mc_reference(task, state, batches, key, samples)
+  np.testing.assert_allclose(got, expected, rtol=2e-5)
+  plain = run_eval(jax.jit(loop.make_eval_step(task)), state, batches, key, state.carry)
+  assert np.all(np.abs(got - plain) > 1e-3 * np.abs(plain))  # dropout was on
+
+
+def test_mc_dropout_without_dropout_is_the_deterministic_eval():
+  samples = 2
+  task, state = lm_task(dropout=0.0, recurrent_dropout=0.0)
+  batches = list(task.eval_batches())[:2]
+  carry = jax.tree.map(lambda x: jnp.zeros((samples, *x.shape), x.dtype), state.carry)
+  mc = run_eval(
+    jax.jit(loop.make_eval_step(task, samples)), state, batches, jax.random.key(1), carry
+  )
+  plain = run_eval(
+    jax.jit(loop.make_eval_step(task)), state, batches, jax.random.key(1), state.carry
+  )
+  np.testing.assert_allclose(mc, plain, rtol=1e-5)
+
+
+# --- the loop on each task -----------------------------------------------------------------
+
+
+def assert_loss_falls(records, metric):
+  train = split_records(records, "train")
+  assert len(train) >= 3
+  first, last = train[0][metric], train[-1][metric]
+  # A fall well beyond step-to-step noise (ptb:tiny reaches about the unigram entropy).
+  assert np.isfinite(last) and last < 0.97 * first, [r[metric] for r in train]
+
+
+def assert_result_matches_log(result, records):
+  evals = split_records(records, "eval")
+  assert evals[-1]["step"] == int(result.state.step)
+  last = {k: v for k, v in evals[-1].items() if k not in ("step", "split")}
+  assert result.metrics["eval"] == pytest.approx(last, rel=1e-12)
+
+
+def test_adding_tiny_loss_falls(tmp_path):
+  result = train(load_config("adding", "tiny"), tmp_path)
+  records = read_metrics(tmp_path)
+  assert_loss_falls(records, "mse")
+  assert_result_matches_log(result, records)
+  assert [r["step"] for r in split_records(records, "train")] == [5, 10, 15, 20]
+  assert [r["step"] for r in split_records(records, "eval")] == [10, 20]
+  assert json.loads((tmp_path / "config.json").read_text())["task"] == "adding"
+
+
+def test_copy_tiny_loss_falls(tmp_path):
+  result = train(load_config("copy", "tiny"), tmp_path)
+  records = read_metrics(tmp_path)
+  assert_loss_falls(records, "loss")
+  assert_result_matches_log(result, records)
+
+
+def test_chars_tiny_loss_falls_and_samples(tmp_path):
+  path = tmp_path / "input.txt"
+  path.write_text(sentences(300, 3).replace(" \n", ".\n").replace("<unk>", "thing"))
+  workdir = tmp_path / "run"
+  result = train(load_config("chars", "tiny", data_dir=str(path)), workdir)
+  records = read_metrics(workdir)
+  assert_loss_falls(records, "loss")
+  assert_result_matches_log(result, records)
+  for r in records:
+    assert r["perplexity"] == pytest.approx(np.exp(r["loss"]), rel=1e-9)
+  sample = (workdir / "sample.txt").read_text()
+  assert len(sample) == 20 and set(sample) <= set(path.read_text())
+
+
+class _Counting:
+  """Patches the loop's step factories so each Python trace of a step is counted, and
+  ``jax.jit`` so the jitted steps can be asked for their cache sizes."""
+
+  def __init__(self, monkeypatch):
+    self.traces = collections.Counter()
+    self.jitted = collections.defaultdict(list)
+    real_jit = jax.jit
+    make_train_step, make_eval_step = loop.make_train_step, loop.make_eval_step
+
+    def counted(name, fn):
+      def step(*args):
+        self.traces[name] += 1
+        return fn(*args)
+
+      step.counted_as = name
+      return step
+
+    def jit(fun, *args, **kwargs):
+      jitted = real_jit(fun, *args, **kwargs)
+      if hasattr(fun, "counted_as"):
+        self.jitted[fun.counted_as].append(jitted)
+      return jitted
+
+    monkeypatch.setattr(
+      loop, "make_train_step", lambda task: counted("train", make_train_step(task))
+    )
+    monkeypatch.setattr(
+      loop,
+      "make_eval_step",
+      lambda task, mc=0: counted(f"eval{mc or ''}", make_eval_step(task, mc)),
+    )
+    monkeypatch.setattr(jax, "jit", jit)
+
+  def reset(self):
+    self.traces.clear()
+    self.jitted.clear()
+
+
+@pytest.fixture(scope="module")
+def ptb_runs(ptb_dir, tmp_path_factory):
+  """ptb:tiny trained past an epoch boundary, then resumed from its checkpoint past another."""
+  workdir = tmp_path_factory.mktemp("ptb_run")
+  # log_every 1: the first record is the untrained loss (a few steps already reach about
+  # the unigram entropy on this corpus, and the loss then wanders around it).
+  config = load_config("ptb", "tiny", data_dir=ptb_dir, mc_samples=2, log_every=1)
+  steps_per_epoch = tasks.make(config).steps_per_epoch
+  assert 20 < steps_per_epoch < 60
+  runs = []
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    counting = _Counting(monkeypatch)
+    for train_steps in (steps_per_epoch + 4, 2 * steps_per_epoch + 4):
+      config.train_steps = train_steps
+      result = train(config, workdir)
+      runs.append(
+        {
+          "result": result,
+          "records": read_metrics(workdir),
+          "traces": dict(counting.traces),
+          "cache_sizes": {k: [f._cache_size() for f in v] for k, v in counting.jitted.items()},
+        }
+      )
+      counting.reset()
+  return steps_per_epoch, runs
+
+
+def test_ptb_tiny_loss_falls(ptb_runs):
+  _, (first_run, _) = ptb_runs
+  assert_loss_falls(first_run["records"], "loss")
+  assert_result_matches_log(first_run["result"], first_run["records"])
+
+
+def test_train_step_compiles_once_across_epochs_and_resume(ptb_runs):
+  steps_per_epoch, runs = ptb_runs
+  for run in runs:
+    # One trace and one executable each, though the carry was reset at an epoch boundary
+    # (step steps_per_epoch, then 2 * steps_per_epoch) and the second run's first step
+    # takes the state restored from the first run's last checkpoint.
+    assert run["traces"] == {"train": 1, "eval": 1, "eval2": 1}
+    assert run["cache_sizes"] == {"train": [1], "eval": [1], "eval2": [1]}
+  resumed = runs[1]
+  assert int(resumed["result"].state.step) == 2 * steps_per_epoch + 4
+  steps = [r["step"] for r in split_records(resumed["records"], "train")]
+  assert steps == sorted(set(steps)) and steps[-1] == 2 * steps_per_epoch + 4
+  # The resumed run kept the first run's records (and its MC eval is logged too).
+  assert resumed["records"][: len(runs[0]["records"])] == runs[0]["records"]
+  assert split_records(resumed["records"], "eval_mc")
+
+
+# --- 1 device vs 8 -------------------------------------------------------------------------
+
+_DEVICES_SCRIPT = """
+import importlib.util, json, sys
+import jax
+from recurrent.train import loop
+
+assert len(jax.devices()) == 8, jax.devices()
+for run in json.loads(sys.argv[1]):
+  spec = importlib.util.spec_from_file_location("cfg", "configs/%s.py" % run["name"])
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(run["variant"])
+  config.update(run["overrides"])
+  loop.train_and_evaluate(config, run["workdir"], devices=jax.devices()[: run["devices"]])
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def device_runs(ptb_dir, tmp_path_factory):
+  """ptb:tiny and adding:tiny on 1 and on 8 forced host devices, in a subprocess (the
+  device count is fixed when jax starts); started with the module, checked at its end."""
+  workdir = tmp_path_factory.mktemp("devices")
+  ptb = {
+    "data_dir": ptb_dir,
+    "batch_size": 8,
+    "train_steps": 20,
+    "embed_dropout": 0.2,
+    "mc_samples": 2,
+  }  # ptb:tiny keeps its dropout 0.2 and recurrent_dropout 0.2
+  adding = {"recurrent_dropout": 0.2, "output_dropout": 0.1}
+  runs = [
+    {
+      "name": name,
+      "variant": "tiny",
+      "overrides": {"progress": False, **overrides},
+      "devices": devices,
+      "workdir": str(workdir / f"{name}_{devices}"),
+    }
+    for name, overrides in (("ptb", ptb), ("adding", adding))
+    for devices in (1, 8)
+  ]
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "JAX_NUMPY_RANK_PROMOTION": "raise",  # dtype promotion cannot be strict: see above
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  }
+  with open(workdir / "stderr.txt", "w") as stderr:  # a file: a full pipe would block it
+    proc = subprocess.Popen(
+      [sys.executable, "-c", _DEVICES_SCRIPT, json.dumps(runs)],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=stderr,
+    )
+  yield proc, workdir
+  if proc.poll() is None:  # a failed test left it running
+    proc.kill()
+    proc.wait()
+
+
+def test_one_and_eight_devices_give_the_same_curves(device_runs):
+  proc, workdir = device_runs
+  proc.wait(timeout=600)
+  assert proc.returncode == 0, (workdir / "stderr.txt").read_text()[-3000:]
+  for name, metric in (("ptb", "perplexity"), ("adding", "mse")):
+    one = read_metrics(workdir / f"{name}_1")
+    eight = read_metrics(workdir / f"{name}_8")
+    assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in eight]
+    assert {r["split"] for r in one} >= {"train", "eval"}
+    for a, b in zip(one, eight):
+      assert b[metric] == pytest.approx(a[metric], rel=1e-4), (name, a, b)
+    assert_loss_falls(one, metric)
+  assert {"train", "eval", "eval_mc"} <= {r["split"] for r in read_metrics(workdir / "ptb_1")}
