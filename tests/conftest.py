@@ -1,5 +1,6 @@
 """Fixtures shared by the test modules."""
 
+import jax
 import pytest
 
 
@@ -12,3 +13,11 @@ def torch_one_thread():
   torch.set_num_threads(1)
   yield
   torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def eager():
+  """Runs op by op (``jax.disable_jit``): on a 2-core CPU, compiling every configuration of
+  the Flax-wrapper tests costs far more than running their tiny shapes."""
+  with jax.disable_jit():
+    yield

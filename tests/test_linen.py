@@ -32,15 +32,6 @@ LAYERS = {"lstm": (rnn.LSTM, recurrent.lstm), "gru": (rnn.GRU, recurrent.gru)}
 LAYOUTS = {"1-forward": (1, False, False), "1-reverse": (1, False, True), "2-bi": (2, True, False)}
 
 
-@pytest.fixture
-def eager():
-  """Runs op by op (``jax.disable_jit``): on the shared 2-core CPU, compiling every
-  configuration's scans costs far more than running these tiny shapes; ops of the same
-  shapes are compiled once for all tests. The training test runs under ``jit``."""
-  with jax.disable_jit():
-    yield
-
-
 def normal(shape, seed, scale=1.0):
   return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 

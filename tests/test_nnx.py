@@ -31,14 +31,6 @@ LAYERS = {"lstm": (rnnx.LSTM, recurrent.lstm), "gru": (rnnx.GRU, recurrent.gru)}
 LAYOUTS = {"1-forward": (1, False, False), "1-reverse": (1, False, True), "2-bi": (2, True, False)}
 
 
-@pytest.fixture
-def eager():
-  """Op by op (``jax.disable_jit``): on the shared 2-core CPU, compiling each
-  configuration costs far more than running these tiny shapes. The training test jits."""
-  with jax.disable_jit():
-    yield
-
-
 def normal(shape, seed, scale=1.0):
   return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
