@@ -16,10 +16,12 @@ A step is split in two so a driver can hoist the input half out of the time loop
 ``-> (carry, h)``.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 Array = jax.Array
 # A dropout mask for a cell: one array shared by all gates, or a tuple of G arrays (untied).
@@ -103,18 +105,43 @@ def masked_gate_dot(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tu
   return gate_split(dot(x * mask.astype(x.dtype), w, dtype), num_gates)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def gate_dots(x: Array, w: Array, num_gates: int, dtype) -> tuple:
+  """``x [..., N] @ w [N, G*H]`` as G arrays ``[..., H]``: one matmul per gate.
+
+  The tangent rule is one matmul over the whole ``w``, so reverse mode (its transpose)
+  gets each gradient from one large matmul: ``dw = x^T [dy_1 .. dy_G]`` and
+  ``dx = [dy_1 .. dy_G] w^T``, instead of G smaller ones plus a sum.
+  """
+  return tuple(dot(x, wg, dtype) for wg in gate_columns(w, num_gates))
+
+
+@functools.partial(gate_dots.defjvp, symbolic_zeros=True)
+def _gate_dots_jvp(num_gates, dtype, primals, tangents):
+  x, w = primals
+  dx, dw = tangents
+  terms = [dot(dx, w, dtype)] if not isinstance(dx, SymbolicZero) else []
+  if not isinstance(dw, SymbolicZero):
+    terms.append(dot(x, dw, dtype))
+  out = gate_dots(x, w, num_gates, dtype)
+  if not terms:
+    return out, tuple(jnp.zeros_like(y) for y in out)
+  return out, gate_split(sum(terms[1:], terms[0]), num_gates)
+
+
 def project_gates(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tuple:
   """The hoisted input projection ``(x * mask) @ w`` as G matmuls, one per gate.
 
   One ``[T, B, H]`` array per gate, not one ``[T, B, G*H]`` array split afterwards: on
   XLA:CPU the split of the big array gets fused into the scan body's gate math, which
-  then runs several times slower (see PERFORMANCE-NOTES).
+  then runs several times slower (see PERFORMANCE-NOTES). The gradients are one matmul
+  each (:func:`gate_dots`), unless every gate has a mask of its own.
   """
-  masks = mask if isinstance(mask, (tuple, list)) else (mask,) * num_gates
-  return tuple(
-    dot(x if m is None else x * m.astype(x.dtype), wg, dtype)
-    for m, wg in zip(masks, gate_columns(w, num_gates))
-  )
+  if isinstance(mask, (tuple, list)):
+    return tuple(
+      dot(x * m.astype(x.dtype), wg, dtype) for m, wg in zip(mask, gate_columns(w, num_gates))
+    )
+  return gate_dots(x if mask is None else x * mask.astype(x.dtype), w, num_gates, dtype)
 
 
 def orthogonal_blocks(init, key, hidden_size: int, num_gates: int, dtype) -> Array:

@@ -5,9 +5,11 @@ Shape legend: B batch (any leading dims, or none), T time, H hidden size, G gate
 Differentiating ``lax.scan`` directly accumulates the gradient of ``w_hh`` with one small
 ``[H, B] @ [B, G*H]`` matmul per step. Here the backward recurrence only keeps each step's
 gradient of the recurrent pre-activation ``dz_t [B..., G*H]``, and the weight gradient is
-one large matmul after the loop: ``dW_hh = sum_t (h_{t-1} * m)^T dz_t``. The gradient of
-the hoisted input projection is ``dz_t`` itself, so autodiff of ``cell.project`` turns it
-into one matmul for ``w_ih`` and one for the inputs.
+one large matmul after the loop: ``dW_hh = sum_t (h_{t-1} * m)^T dz_t``. For the gates
+where the cell adds projection and recurrent pre-activation (every LSTM gate, the GRU's r
+and z) the gradient of the hoisted input projection is ``dz_t`` itself and is not stored
+again; :func:`recurrent.cell.gate_dots` turns it into one matmul for ``w_ih`` and one for
+the inputs.
 
 It serves any cell whose step is ``hh = (h * m) @ w_hh`` followed by pointwise math
 (``cell.pointwise``): the LSTM and the reset-after GRU. The driver falls back to plain
@@ -86,29 +88,43 @@ def _recurrence_bwd(pointwise, reverse, unroll, dtype, residuals, cotangents):
   w_hh, extra, carries, hhs, xp, valid, mask = residuals
   d_final, d_ys = cotangents
   w_hh_t = w_hh.T
+  num_gates = len(xp)
+  # Per gate, whether the gradient of its projection is that of its recurrent
+  # pre-activation: true wherever the cell adds the two (all LSTM gates, the GRU's r and
+  # z). Those are not stacked twice; found while tracing the body (JAX hands both
+  # operands of an add the same cotangent object).
+  shared = []
 
   def body(acc, inputs):
     d_carry, d_extra = acc
     carry, xp_t, hh, valid_t, dy = inputs
     _, vjp = jax.vjp(
-      lambda e, c, x, z: _step(pointwise, e, c, x, _cell.gate_split(z, len(x)), valid_t),
+      lambda e, c, x, z: _step(pointwise, e, c, x, z, valid_t),
       extra,
       carry,
       xp_t,
-      hh,
+      _cell.gate_split(hh, num_gates),
     )
     de, dc, dx, dz = vjp((d_carry, dy))
+    shared[:] = [a is b for a, b in zip(dx, dz)]
+    dz = jnp.concatenate(dz, axis=-1)
     dh = _cell.dot(dz, w_hh_t, dtype)
     dc = dc._replace(h=dc.h + _masked_h(dh, mask))
-    return (dc, jax.tree.map(jnp.add, d_extra, de)), (dx, dz)
+    own = tuple(d for d, s in zip(dx, shared) if not s)
+    return (dc, jax.tree.map(jnp.add, d_extra, de)), (own, dz)
 
   zeros_extra = jax.tree.map(jnp.zeros_like, extra)
-  (d_carry, d_extra), (d_xp, dzs) = jax.lax.scan(
+  (d_carry, d_extra), (d_own, dzs) = jax.lax.scan(
     body,
     (d_final, zeros_extra),
     (carries, xp, hhs, valid, d_ys),
     reverse=not reverse,
     unroll=unroll,
+  )
+  d_own = iter(d_own)
+  d_xp = tuple(
+    dz.astype(x.dtype) if s else next(d_own)
+    for dz, x, s in zip(_cell.gate_split(dzs, num_gates), xp, shared)
   )
   hidden = w_hh.shape[0]
   hm = carries.h if mask is None else carries.h * mask[None]
