@@ -105,43 +105,51 @@ def masked_gate_dot(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tu
   return gate_split(dot(x * mask.astype(x.dtype), w, dtype), num_gates)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def gate_dots(x: Array, w: Array, num_gates: int, dtype) -> tuple:
-  """``x [..., N] @ w [N, G*H]`` as G arrays ``[..., H]``: one matmul per gate.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def gate_dots(x: Array, w: Array, b: Array, num_gates: int, dtype) -> tuple:
+  """``x [..., N] @ w [N, G*H] + b [G*H]`` as G arrays ``[..., H]``, one matmul per gate.
 
   The tangent rule is one matmul over the whole ``w``, so reverse mode (its transpose)
-  gets each gradient from one large matmul: ``dw = x^T [dy_1 .. dy_G]`` and
-  ``dx = [dy_1 .. dy_G] w^T``, instead of G smaller ones plus a sum.
+  gets each gradient from one large matmul on the gates' concatenated cotangents
+  ``dy [M, G*H]`` (M the flattened leading dims): ``dw = x^T dy``, ``dx = dy w^T`` and
+  ``db = sum(dy)``, instead of G smaller ones plus a slice and a sum per gate.
   """
-  return tuple(dot(x, wg, dtype) for wg in gate_columns(w, num_gates))
+  return tuple(
+    add_bias(dot(x, wg, dtype), bg)
+    for wg, bg in zip(gate_columns(w, num_gates), jnp.split(b, num_gates))
+  )
 
 
 @functools.partial(gate_dots.defjvp, symbolic_zeros=True)
 def _gate_dots_jvp(num_gates, dtype, primals, tangents):
-  x, w = primals
-  dx, dw = tangents
-  terms = [dot(dx, w, dtype)] if not isinstance(dx, SymbolicZero) else []
+  x, w, b = primals
+  dx, dw, db = tangents
+  out = gate_dots(x, w, b, num_gates, dtype)
+  flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  2-D: no transposed copies
+  dy = jnp.zeros((flat(x).shape[0], w.shape[-1]), out[0].dtype)
+  if not isinstance(dx, SymbolicZero):
+    dy = dy + dot(flat(dx), w, dtype)
   if not isinstance(dw, SymbolicZero):
-    terms.append(dot(x, dw, dtype))
-  out = gate_dots(x, w, num_gates, dtype)
-  if not terms:
-    return out, tuple(jnp.zeros_like(y) for y in out)
-  return out, gate_split(sum(terms[1:], terms[0]), num_gates)
+    dy = dy + dot(flat(x), dw, dtype)
+  if not isinstance(db, SymbolicZero):
+    dy = add_bias(dy, db)
+  return out, gate_split(dy.reshape(x.shape[:-1] + dy.shape[-1:]), num_gates)
 
 
-def project_gates(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tuple:
-  """The hoisted input projection ``(x * mask) @ w`` as G matmuls, one per gate.
+def project_gates(x: Array, w: Array, b: Array, mask: Mask, num_gates: int, dtype) -> tuple:
+  """The hoisted input projection ``(x * mask) @ w + b`` as G matmuls, one per gate.
 
   One ``[T, B, H]`` array per gate, not one ``[T, B, G*H]`` array split afterwards: on
   XLA:CPU the split of the big array gets fused into the scan body's gate math, which
   then runs several times slower (see PERFORMANCE-NOTES). The gradients are one matmul
   each (:func:`gate_dots`), unless every gate has a mask of its own.
   """
-  if isinstance(mask, (tuple, list)):
-    return tuple(
-      dot(x * m.astype(x.dtype), wg, dtype) for m, wg in zip(mask, gate_columns(w, num_gates))
-    )
-  return gate_dots(x if mask is None else x * mask.astype(x.dtype), w, num_gates, dtype)
+  if not isinstance(mask, (tuple, list)):
+    return gate_dots(x if mask is None else x * mask.astype(x.dtype), w, b, num_gates, dtype)
+  return tuple(
+    add_bias(dot(x * m.astype(x.dtype), wg, dtype), bg)
+    for m, wg, bg in zip(mask, gate_columns(w, num_gates), jnp.split(b, num_gates))
+  )
 
 
 def orthogonal_blocks(init, key, hidden_size: int, num_gates: int, dtype) -> Array:

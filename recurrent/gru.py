@@ -109,8 +109,8 @@ def gru(
     b_hr, b_hz, b_hn = jnp.split(params.b_hh, 3)
     b_ir, b_iz, b_in = jnp.split(params.b_ih, 3)
     b_n = b_in if reset_after else b_in + b_hn
-    pre = _cell.project_gates(x, params.w_ih, mask, 3, dtype)
-    return tuple(_cell.add_bias(p, b) for p, b in zip(pre, (b_ir + b_hr, b_iz + b_hz, b_n)))
+    b = jnp.concatenate([b_ir + b_hr, b_iz + b_hz, b_n])
+    return _cell.project_gates(x, params.w_ih, b, mask, 3, dtype)
 
   def output(carry: GRUState, r, z, n):
     new_h = (1.0 - z) * n + z * carry.h

@@ -106,8 +106,7 @@ def lstm(
     return LSTMState(*_cell.zeros_carry(2, hs, batch_shape, dtype or param_dtype))
 
   def project(params: LSTMParams, x, mask=None) -> tuple:
-    pre = _cell.project_gates(x, params.w_ih, mask, 4, dtype)
-    return tuple(_cell.add_bias(p, b) for p, b in zip(pre, jnp.split(params.b, 4)))
+    return _cell.project_gates(x, params.w_ih, params.b, mask, 4, dtype)
 
   def pointwise(extra, carry: LSTMState, xp, hh):
     del extra  # the LSTM's bias is all in the hoisted projection

@@ -107,3 +107,73 @@ def test_fused_second_order_and_vmap():
   summed = jax.tree.map(lambda g: g.sum(0), jax.jit(per_seq)(params, xs))
   for got, want in zip(jax.tree.leaves(summed), jax.tree.leaves(batched)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _plain_gate_dots(x, w, b, num_gates):
+  """The reference: one plain matmul per gate, differentiated by JAX."""
+  hidden = w.shape[-1] // num_gates
+  return tuple(
+    x @ w[:, g * hidden : (g + 1) * hidden] + b[None, None, g * hidden : (g + 1) * hidden]
+    for g in range(num_gates)
+  )
+
+
+@pytest.mark.parametrize("argnums", [(0,), (1,), (2,), (0, 1, 2)])
+def test_gate_dots_derivatives_equal_plain_matmuls(argnums):
+  """``cell.gate_dots`` (one matmul in its tangent rule) has the values, gradients and
+  forward-mode derivatives of G plain per-gate matmuls, for any subset of (x, w, b)."""
+  from recurrent import cell as cell_lib
+
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((T, B, IN)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((IN, 4 * H)), jnp.float32)
+  b = jnp.asarray(rng.standard_normal((4 * H,)), jnp.float32)
+  weights = [jnp.asarray(rng.standard_normal((T, B, H)), jnp.float32) for _ in range(4)]
+
+  def loss(fn):
+    return lambda *a: sum(jnp.sum(jnp.tanh(y) * r) for y, r in zip(fn(*a, 4), weights))
+
+  got = jax.grad(loss(lambda x, w, b, g: cell_lib.gate_dots(x, w, b, g, None)), argnums)(x, w, b)
+  want = jax.grad(loss(_plain_gate_dots), argnums)(x, w, b)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+  tangents = tuple(jnp.ones_like(a) if i in argnums else jnp.zeros_like(a) for i, a in
+                   enumerate((x, w, b)))  # fmt: skip
+  got = jax.jvp(lambda *a: cell_lib.gate_dots(*a, 4, None), (x, w, b), tangents)
+  want = jax.jvp(lambda *a: _plain_gate_dots(*a, 4), (x, w, b), tangents)
+  for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_mode_through_the_plain_path():
+  """With ``pointwise=None`` the driver supports forward mode: jacfwd equals jacrev."""
+  cell = recurrent.lstm(H)._replace(pointwise=None)
+  params = cell.init(jax.random.key(0), IN)
+  xs, _ = _data()
+  f = lambda x: recurrent.scan(cell, params, x)[1].sum(axis=(0, 1))  # noqa: E731
+  np.testing.assert_allclose(jax.jacfwd(f)(xs), jax.jacrev(f)(xs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, own", [("lstm", 0), ("gru", 1)])
+def test_backward_loop_stacks_projection_gradients_only_where_needed(kind, own):
+  """The backward loop stacks ``dz [T, B, G*H]`` and, beside it, only the projection
+  gradients that differ from ``dz``: none for the LSTM, the GRU's candidate gate."""
+  cell = getattr(recurrent, kind)(H)
+  params = cell.init(jax.random.key(0), IN)
+  xs, _ = _data()
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(recurrent.scan(cell, p, xs)[1])))(params)
+
+  def scans(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "scan":
+        yield eqn
+      for param in eqn.params.values():
+        inner = getattr(param, "jaxpr", param)  # a ClosedJaxpr's Jaxpr, or a Jaxpr
+        if hasattr(inner, "eqns"):
+          yield from scans(inner)
+
+  backward = [e for e in scans(jaxpr.jaxpr) if e.params["reverse"]]
+  assert len(backward) == 1
+  num_carry = backward[0].params["num_carry"]
+  stacked = [v.aval.shape for v in backward[0].outvars[num_carry:]]
+  assert sorted(stacked) == sorted([(T, B, H)] * own + [(T, B, cell.num_gates * H)])
