@@ -7,10 +7,10 @@ A cell is a :class:`Cell`: a bundle of pure functions whose hyper-parameters liv
 closure of its factory (``recurrent.lstm(hidden_size)``, ``recurrent.gru(hidden_size)``).
 A step is split in two so a driver can hoist the input half out of the time loop:
 
-* ``project(params, x, mask=None)``: the input projection ``x @ w_ih + bias`` for any
-  number of steps at once, ``x [..., I] -> tuple of G arrays [..., H]``;
-* ``recur(params, carry, xp, mask=None)``: the recurrent half of one step,
-  ``-> (carry, h, gates)``.
+* ``project(params, x, mask=None)``: the input projection ``x @ w_ih`` for any number
+  of steps at once, ``x [..., I] -> tuple of G arrays [..., H]``;
+* ``recur(params, carry, xp, mask=None)``: the recurrent half of one step, biases
+  included, ``-> (carry, h, gates)``.
 
 ``step(params, carry, x)`` composes the two, with the ``lax.scan`` signature
 ``-> (carry, h)``.
@@ -34,11 +34,12 @@ class Cell(NamedTuple):
   Attributes:
     init: ``init(key, input_size) -> params``, a named pytree of fused gate weights.
     initial_carry: ``initial_carry(batch_shape=(), dtype=None) -> carry``, zeros.
-    project: ``project(params, x, mask=None) -> xp``; ``x [..., I]``, ``xp`` a tuple of
-      G arrays ``[..., H]``; ``mask`` multiplies ``x`` (broadcast to it), or is a tuple of
-      G masks, one per gate.
-    recur: ``recur(params, carry, xp_t, mask=None) -> (carry, h, gates)``; ``mask``
-      multiplies ``h_{t-1}`` where it feeds the recurrent matmul (one array or G of them).
+    project: ``project(params, x, mask=None) -> xp``, ``x @ w_ih`` without bias;
+      ``x [..., I]``, ``xp`` a tuple of G arrays ``[..., H]``; ``mask`` multiplies ``x``
+      (broadcast to it), or is a tuple of G masks, one per gate.
+    recur: ``recur(params, carry, xp_t, mask=None) -> (carry, h, gates)``, adding the
+      biases; ``mask`` multiplies ``h_{t-1}`` where it feeds the recurrent matmul (one
+      array or G of them).
     step: ``step(params, carry, x) -> (carry, h)``, ``x [..., I]``, ``h [..., H]``.
     hidden_size: H.
     num_gates: G.
@@ -48,7 +49,7 @@ class Cell(NamedTuple):
       or None for cells whose step is not shaped that way (reset-before GRU). With it the
       driver uses the hand-written backward pass of :mod:`recurrent.fused`.
     pointwise_params: ``pointwise_params(params) -> extra``, the params ``pointwise``
-      reads (e.g. the GRU's ``b_hn``; None for the LSTM).
+      reads: the biases.
     dtype: the matmul operand dtype the cell was made with (None: the params' dtype).
   """
 
@@ -105,50 +106,47 @@ def masked_gate_dot(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tu
   return gate_split(dot(x * mask.astype(x.dtype), w, dtype), num_gates)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def gate_dots(x: Array, w: Array, b: Array, num_gates: int, dtype) -> tuple:
-  """``x [..., N] @ w [N, G*H] + b [G*H]`` as G arrays ``[..., H]``, one matmul per gate.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def gate_dots(x: Array, w: Array, num_gates: int, dtype) -> tuple:
+  """``x [..., N] @ w [N, G*H]`` as G arrays ``[..., H]``, one matmul per gate.
 
   The tangent rule is one matmul over the whole ``w``, so reverse mode (its transpose)
   gets each gradient from one large matmul on the gates' concatenated cotangents
-  ``dy [M, G*H]`` (M the flattened leading dims): ``dw = x^T dy``, ``dx = dy w^T`` and
-  ``db = sum(dy)``, instead of G smaller ones plus a slice and a sum per gate.
+  ``dy [M, G*H]`` (M the flattened leading dims): ``dw = x^T dy`` and ``dx = dy w^T``,
+  instead of G smaller ones plus a sum.
   """
-  return tuple(
-    add_bias(dot(x, wg, dtype), bg)
-    for wg, bg in zip(gate_columns(w, num_gates), jnp.split(b, num_gates))
-  )
+  return tuple(dot(x, wg, dtype) for wg in gate_columns(w, num_gates))
 
 
 @functools.partial(gate_dots.defjvp, symbolic_zeros=True)
 def _gate_dots_jvp(num_gates, dtype, primals, tangents):
-  x, w, b = primals
-  dx, dw, db = tangents
-  out = gate_dots(x, w, b, num_gates, dtype)
+  x, w = primals
+  dx, dw = tangents
+  out = gate_dots(x, w, num_gates, dtype)
   flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  2-D: no transposed copies
-  dy = jnp.zeros((flat(x).shape[0], w.shape[-1]), out[0].dtype)
-  if not isinstance(dx, SymbolicZero):
-    dy = dy + dot(flat(dx), w, dtype)
+  terms = [] if isinstance(dx, SymbolicZero) else [dot(flat(dx), w, dtype)]
   if not isinstance(dw, SymbolicZero):
-    dy = dy + dot(flat(x), dw, dtype)
-  if not isinstance(db, SymbolicZero):
-    dy = add_bias(dy, db)
+    terms.append(dot(flat(x), dw, dtype))
+  if not terms:
+    return out, tuple(jnp.zeros_like(y) for y in out)
+  dy = sum(terms[1:], terms[0])
   return out, gate_split(dy.reshape(x.shape[:-1] + dy.shape[-1:]), num_gates)
 
 
-def project_gates(x: Array, w: Array, b: Array, mask: Mask, num_gates: int, dtype) -> tuple:
-  """The hoisted input projection ``(x * mask) @ w + b`` as G matmuls, one per gate.
+def project_gates(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tuple:
+  """The hoisted input projection ``(x * mask) @ w`` as G matmuls, one per gate.
 
   One ``[T, B, H]`` array per gate, not one ``[T, B, G*H]`` array split afterwards: on
   XLA:CPU the split of the big array gets fused into the scan body's gate math, which
-  then runs several times slower (see PERFORMANCE-NOTES). The gradients are one matmul
-  each (:func:`gate_dots`), unless every gate has a mask of its own.
+  then runs several times slower (see PERFORMANCE-NOTES). No bias: the cells add theirs
+  in the step's gate math, which reads these arrays anyway, rather than in one more pass
+  over them. The gradients are one matmul each (:func:`gate_dots`), unless every gate
+  has a mask of its own.
   """
   if not isinstance(mask, (tuple, list)):
-    return gate_dots(x if mask is None else x * mask.astype(x.dtype), w, b, num_gates, dtype)
+    return gate_dots(x if mask is None else x * mask.astype(x.dtype), w, num_gates, dtype)
   return tuple(
-    add_bias(dot(x * m.astype(x.dtype), wg, dtype), bg)
-    for m, wg, bg in zip(mask, gate_columns(w, num_gates), jnp.split(b, num_gates))
+    dot(x * m.astype(x.dtype), wg, dtype) for m, wg in zip(mask, gate_columns(w, num_gates))
   )
 
 

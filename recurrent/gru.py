@@ -105,27 +105,27 @@ def gru(
     return GRUState(*_cell.zeros_carry(1, hs, batch_shape, dtype or param_dtype))
 
   def project(params: GRUParams, x, mask=None) -> tuple:
-    # Every bias that is not multiplied by r is folded into the hoisted projection.
+    return _cell.project_gates(x, params.w_ih, mask, 3, dtype)
+
+  def pointwise_params(params: GRUParams) -> tuple:
+    """The biases as the step adds them: ``(b_ir + b_hr, b_iz + b_hz, b_in, b_hn)``."""
     b_hr, b_hz, b_hn = jnp.split(params.b_hh, 3)
     b_ir, b_iz, b_in = jnp.split(params.b_ih, 3)
-    b_n = b_in if reset_after else b_in + b_hn
-    b = jnp.concatenate([b_ir + b_hr, b_iz + b_hz, b_n])
-    return _cell.project_gates(x, params.w_ih, b, mask, 3, dtype)
+    return b_ir + b_hr, b_iz + b_hz, b_in, b_hn
 
   def output(carry: GRUState, r, z, n):
     new_h = (1.0 - z) * n + z * carry.h
     out = new_h if dtype is None else new_h.astype(dtype)
     return GRUState(new_h), out, GRUGates(r, z, n)
 
-  def pointwise(b_hn, carry: GRUState, xp, hh):
+  def pointwise(biases, carry: GRUState, xp, hh):
     """Reset-after: everything after ``hh = h @ w_hh``."""
-    (x_r, x_z, x_n), (hh_r, hh_z, hh_n) = xp, hh
-    r = jax.nn.sigmoid(x_r + hh_r)
-    z = jax.nn.sigmoid(x_z + hh_z)
-    return output(carry, r, z, jnp.tanh(x_n + r * _cell.add_bias(hh_n, b_hn)))
-
-  def pointwise_params(params: GRUParams):
-    return jnp.split(params.b_hh, 3)[2]
+    (x_r, x_z, x_n), (hh_r, hh_z, hh_n), (b_r, b_z, b_in, b_hn) = xp, hh, biases
+    # (x + hh) + b: see the LSTM's pointwise.
+    r = jax.nn.sigmoid(_cell.add_bias(x_r + hh_r, b_r))
+    z = jax.nn.sigmoid(_cell.add_bias(x_z + hh_z, b_z))
+    n = jnp.tanh(_cell.add_bias(x_n, b_in) + r * _cell.add_bias(hh_n, b_hn))
+    return output(carry, r, z, n)
 
   def recur(params: GRUParams, carry: GRUState, xp, mask=None):
     h = carry.h
@@ -133,6 +133,7 @@ def gru(
       hh = _cell.masked_gate_dot(h, params.w_hh, mask, 3, dtype)
       return pointwise(pointwise_params(params), carry, xp, hh)
     x_r, x_z, x_n = xp
+    b_r, b_z, b_in, b_hn = pointwise_params(params)
     w_hr, w_hz, w_hn = _cell.gate_columns(params.w_hh, 3)
     masks = mask if isinstance(mask, (tuple, list)) else (mask,) * 3
     h_r, h_z, h_n = (h if m is None else h * m.astype(h.dtype) for m in masks)
@@ -140,9 +141,10 @@ def gru(
       hh_r, hh_z = _cell.dot(h_r, w_hr, dtype), _cell.dot(h_z, w_hz, dtype)
     else:
       hh_r, hh_z = _cell.gate_split(_cell.dot(h_r, params.w_hh[:, : 2 * hs], dtype), 2)
-    r = jax.nn.sigmoid(x_r + hh_r)
-    z = jax.nn.sigmoid(x_z + hh_z)
-    return output(carry, r, z, jnp.tanh(x_n + _cell.dot(r * h_n, w_hn, dtype)))
+    r = jax.nn.sigmoid(_cell.add_bias(x_r + hh_r, b_r))
+    z = jax.nn.sigmoid(_cell.add_bias(x_z + hh_z, b_z))
+    n = jnp.tanh(_cell.add_bias(x_n, b_in + b_hn) + _cell.dot(r * h_n, w_hn, dtype))
+    return output(carry, r, z, n)
 
   def step(params: GRUParams, carry: GRUState, x):
     new_carry, h, _ = recur(params, carry, project(params, x))

@@ -106,11 +106,12 @@ def lstm(
     return LSTMState(*_cell.zeros_carry(2, hs, batch_shape, dtype or param_dtype))
 
   def project(params: LSTMParams, x, mask=None) -> tuple:
-    return _cell.project_gates(x, params.w_ih, params.b, mask, 4, dtype)
+    return _cell.project_gates(x, params.w_ih, mask, 4, dtype)
 
-  def pointwise(extra, carry: LSTMState, xp, hh):
-    del extra  # the LSTM's bias is all in the hoisted projection
-    i, f, g, o = (x + r for x, r in zip(xp, hh))
+  def pointwise(b, carry: LSTMState, xp, hh):
+    # (x + r) + b, in that order: the fused backward pass sees that x and r only meet
+    # in that sum and stores one gradient for both (recurrent/fused.py).
+    i, f, g, o = (_cell.add_bias(x + r, bg) for x, r, bg in zip(xp, hh, jnp.split(b, 4)))
     gates = LSTMGates(jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o))
     c = gates.f * carry.c + gates.i * gates.g
     h = gates.o * jnp.tanh(c)
@@ -118,12 +119,14 @@ def lstm(
     return LSTMState(h, c), out, gates
 
   def recur(params: LSTMParams, carry: LSTMState, xp, mask=None):
-    return pointwise(None, carry, xp, _cell.masked_gate_dot(carry.h, params.w_hh, mask, 4, dtype))
+    hh = _cell.masked_gate_dot(carry.h, params.w_hh, mask, 4, dtype)
+    return pointwise(params.b, carry, xp, hh)
 
   def step(params: LSTMParams, carry: LSTMState, x):
     new_carry, h, _ = recur(params, carry, project(params, x))
     return new_carry, h
 
+  biases = lambda params: params.b  # noqa: E731
   return _cell.Cell(
-    init, initial_carry, project, recur, step, hs, 4, "lstm", pointwise, lambda params: None, dtype
+    init, initial_carry, project, recur, step, hs, 4, "lstm", pointwise, biases, dtype
   )

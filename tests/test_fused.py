@@ -109,38 +109,34 @@ def test_fused_second_order_and_vmap():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def _plain_gate_dots(x, w, b, num_gates):
+def _plain_gate_dots(x, w, num_gates):
   """The reference: one plain matmul per gate, differentiated by JAX."""
   hidden = w.shape[-1] // num_gates
-  return tuple(
-    x @ w[:, g * hidden : (g + 1) * hidden] + b[None, None, g * hidden : (g + 1) * hidden]
-    for g in range(num_gates)
-  )
+  return tuple(x @ w[:, g * hidden : (g + 1) * hidden] for g in range(num_gates))
 
 
-@pytest.mark.parametrize("argnums", [(0,), (1,), (2,), (0, 1, 2)])
+@pytest.mark.parametrize("argnums", [(0,), (1,), (0, 1)])
 def test_gate_dots_derivatives_equal_plain_matmuls(argnums):
   """``cell.gate_dots`` (one matmul in its tangent rule) has the values, gradients and
-  forward-mode derivatives of G plain per-gate matmuls, for any subset of (x, w, b)."""
+  forward-mode derivatives of G plain per-gate matmuls, for any subset of (x, w)."""
   from recurrent import cell as cell_lib
 
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((T, B, IN)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((IN, 4 * H)), jnp.float32)
-  b = jnp.asarray(rng.standard_normal((4 * H,)), jnp.float32)
   weights = [jnp.asarray(rng.standard_normal((T, B, H)), jnp.float32) for _ in range(4)]
 
   def loss(fn):
     return lambda *a: sum(jnp.sum(jnp.tanh(y) * r) for y, r in zip(fn(*a, 4), weights))
 
-  got = jax.grad(loss(lambda x, w, b, g: cell_lib.gate_dots(x, w, b, g, None)), argnums)(x, w, b)
-  want = jax.grad(loss(_plain_gate_dots), argnums)(x, w, b)
+  got = jax.grad(loss(lambda x, w, g: cell_lib.gate_dots(x, w, g, None)), argnums)(x, w)
+  want = jax.grad(loss(_plain_gate_dots), argnums)(x, w)
   for g, r in zip(got, want):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
   tangents = tuple(jnp.ones_like(a) if i in argnums else jnp.zeros_like(a) for i, a in
-                   enumerate((x, w, b)))  # fmt: skip
-  got = jax.jvp(lambda *a: cell_lib.gate_dots(*a, 4, None), (x, w, b), tangents)
-  want = jax.jvp(lambda *a: _plain_gate_dots(*a, 4), (x, w, b), tangents)
+                   enumerate((x, w)))  # fmt: skip
+  got = jax.jvp(lambda *a: cell_lib.gate_dots(*a, 4, None), (x, w), tangents)
+  want = jax.jvp(lambda *a: _plain_gate_dots(*a, 4), (x, w), tangents)
   for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
