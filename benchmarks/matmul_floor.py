@@ -1,0 +1,154 @@
+"""How fast can XLA:CPU run an RNN's matmuls alone? The floor under any ``lax.scan`` RNN.
+
+Shape legend: B batch, T time, I input size, H hidden size, G gates (4 LSTM, 3 GRU).
+
+For every shape and cell it times, interleaved in one process (float32, medians):
+
+* ``torch``: PyTorch's fused ``nn.LSTM`` / ``nn.GRU`` (2 threads), forward under
+  ``no_grad`` and forward+backward;
+* ``recurrent``: ``recurrent.scan`` under ``jax.jit`` (forward, and the gradient with
+  respect to params and inputs);
+* ``floor``: a jitted program with only the matmuls a hoisted-projection RNN must do and
+  as little else as possible. Forward: the projection ``[T*B, I] @ [I, G*H]`` and a
+  ``lax.scan`` whose step is ``z = h @ w_hh [H, G*H]`` and ``h = sum of z's G blocks``
+  (so every column is used). Forward+backward adds a reversed ``lax.scan`` whose step is
+  ``dh = (tile(dh, G) + dz_t) @ w_hh^T`` and the three large matmuls after it
+  (``dW_hh``, ``dW_ih``, ``dx``).
+
+No gate nonlinearity, no cell state, no stored residuals: if ``floor`` alone takes
+longer than PyTorch's whole fused kernel, no ``lax.scan`` implementation on this XLA can
+match it; ``recurrent / floor`` shows what the gate maths and the bookkeeping cost on top.
+
+Run from the repository root::
+
+    python benchmarks/matmul_floor.py [--shapes 32,100,128,256 ...] [--repeats N]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import recurrent  # noqa: E402
+from benchmarks.lstm_cpu import DEFAULT_SHAPES, TORCH_THREADS, parse_shape  # noqa: E402
+
+
+def floor_programs(num_gates: int, hidden: int):
+  """``(forward, forward_backward)``, each ``(w_ih, w_hh, xs [T, B, I], dzs [T, B, G*H])``."""
+
+  def forward(w_ih, w_hh, xs, dzs):
+    steps, batch, inputs = xs.shape
+    xp = (xs.reshape(-1, inputs) @ w_ih).reshape(steps, batch, -1)
+
+    def step(h, _):
+      z = h @ w_hh
+      return sum(z[:, g * hidden : (g + 1) * hidden] for g in range(num_gates)), h
+
+    _, hs = jax.lax.scan(step, jnp.zeros((batch, hidden), xs.dtype), None, length=steps)
+    return xp, hs
+
+  def forward_backward(w_ih, w_hh, xs, dzs):
+    xp, hs = forward(w_ih, w_hh, xs, dzs)
+    w_hh_t = w_hh.T
+
+    def step(dh, dz):
+      return (jnp.tile(dh, (1, num_gates)) + dz) @ w_hh_t, None
+
+    dh, _ = jax.lax.scan(step, jnp.zeros_like(hs[0]), dzs, reverse=True)
+    flat = dzs.reshape(-1, dzs.shape[-1])
+    d_w_hh = hs.reshape(-1, hidden).T @ flat
+    d_w_ih = xs.reshape(-1, xs.shape[-1]).T @ flat
+    d_xs = flat @ w_ih.T
+    return xp, dh, d_w_hh, d_w_ih, d_xs
+
+  return forward, forward_backward
+
+
+def bench(shape, cell_name, repeats):
+  batch, steps, inputs, hidden = shape
+  num_gates = 4 if cell_name == "lstm" else 3
+  rng = np.random.default_rng(0)
+  cell = getattr(recurrent, cell_name)(hidden)
+  params = cell.init(jax.random.key(0), inputs)
+  xs = jnp.asarray(rng.standard_normal((batch, steps, inputs)), jnp.float32)
+  r = jnp.asarray(rng.standard_normal((batch, steps, hidden)), jnp.float32)
+  xs_tm = jnp.moveaxis(xs, 1, 0)
+  dzs = jnp.asarray(rng.standard_normal((steps, batch, num_gates * hidden)), jnp.float32)
+
+  def rec_forward(p, x):
+    return recurrent.scan(cell, p, x)[1]
+
+  rec_grad = jax.grad(lambda p, x: jnp.sum(rec_forward(p, x) * r), argnums=(0, 1))
+  floor_fwd, floor_fwd_bwd = floor_programs(num_gates, hidden)
+  floor_args = (params.w_ih, params.w_hh, xs_tm, dzs)
+  jitted = {
+    ("recurrent", "fwd"): (jax.jit(rec_forward), (params, xs)),
+    ("recurrent", "fwd+bwd"): (jax.jit(rec_grad), (params, xs)),
+    ("floor", "fwd"): (jax.jit(floor_fwd), floor_args),
+    ("floor", "fwd+bwd"): (jax.jit(floor_fwd_bwd), floor_args),
+  }
+  calls = {k: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for k, (f, a) in jitted.items()}
+
+  module = (torch.nn.LSTM if cell_name == "lstm" else torch.nn.GRU)(
+    inputs, hidden, batch_first=True
+  )
+  tx = torch.from_numpy(np.array(xs)).requires_grad_(True)
+  tr = torch.from_numpy(np.array(r))
+
+  def torch_fwd():
+    with torch.no_grad():
+      module(tx)
+
+  def torch_fwd_bwd():
+    module.zero_grad()
+    tx.grad = None
+    (module(tx)[0] * tr).sum().backward()
+
+  calls[("torch", "fwd")] = torch_fwd
+  calls[("torch", "fwd+bwd")] = torch_fwd_bwd
+  for call in calls.values():
+    call()
+    call()
+  times = {k: [] for k in calls}
+  keys = list(calls)
+  for i in range(repeats):
+    for k in keys[i % len(keys) :] + keys[: i % len(keys)]:
+      start = time.perf_counter()
+      calls[k]()
+      times[k].append(time.perf_counter() - start)
+  return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--shapes", nargs="+", type=parse_shape, default=DEFAULT_SHAPES)
+  parser.add_argument("--cells", nargs="+", choices=("lstm", "gru"), default=("lstm", "gru"))
+  parser.add_argument("--repeats", type=int, default=15)
+  args = parser.parse_args(argv)
+  torch.set_num_threads(TORCH_THREADS)
+  print(f"jax {jax.__version__}, torch {torch.__version__} ({TORCH_THREADS} threads); "
+        f"float32, median ms of {args.repeats} interleaved calls")  # fmt: skip
+  print("\n| B,T,I,H | cell | mode | PyTorch | floor | recurrent | floor/PyTorch | rec/floor |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  for shape in args.shapes:
+    for cell_name in args.cells:
+      ms = bench(shape, cell_name, args.repeats)
+      for mode in ("fwd", "fwd+bwd"):
+        t, f, rec = ms[("torch", mode)], ms[("floor", mode)], ms[("recurrent", mode)]
+        print(f"| {','.join(map(str, shape))} | {cell_name.upper()} | {mode} | {t:.1f} | "
+              f"{f:.1f} | {rec:.1f} | {f / t:.2f} | {rec / f:.2f} |", flush=True)  # fmt: skip
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  print(f"\nLoad average at the end: {load:.2f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
