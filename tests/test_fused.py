@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import recurrent
+from recurrent import cell as cell_lib
 
 B, T, IN, H = 3, 6, 4, 5
 LENGTHS = np.array([6, 0, 3])
@@ -119,8 +120,6 @@ def _plain_gate_dots(x, w, num_gates):
 def test_gate_dots_derivatives_equal_plain_matmuls(argnums):
   """``cell.gate_dots`` (one matmul in its tangent rule) has the values, gradients and
   forward-mode derivatives of G plain per-gate matmuls, for any subset of (x, w)."""
-  from recurrent import cell as cell_lib
-
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((T, B, IN)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((IN, 4 * H)), jnp.float32)
