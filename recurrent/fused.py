@@ -8,7 +8,7 @@ gradient of the recurrent pre-activation ``dz_t [B..., G*H]``, and the weight gr
 one large matmul after the loop: ``dW_hh = sum_t (h_{t-1} * m)^T dz_t``. For the gates
 where the cell adds projection and recurrent pre-activation (every LSTM gate, the GRU's r
 and z) the gradient of the hoisted input projection is ``dz_t`` itself and is not stored
-again; :func:`recurrent.cell.gate_dots` turns it into one matmul for ``w_ih`` and one for
+again; ``recurrent.cell.gate_dots`` turns it into one matmul for ``w_ih`` and one for
 the inputs.
 
 It serves any cell whose step is ``hh = (h * m) @ w_hh`` followed by pointwise math
