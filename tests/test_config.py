@@ -132,6 +132,8 @@ def test_rate_outside_unit_interval(field, value):
     ({"train_steps": 0}, r"config\.train_steps and config\.epochs are both 0"),
     ({"task": "copy", "seq_len": 20, "copy_symbols": 10}, r"config\.seq_len \(20\)"),
     ({"task": "ptb"}, r"config\.data_dir must name the ptb data"),
+    ({"loss_sum_over_time": True}, r"config\.loss_sum_over_time is for language-model tasks"),
+    ({"max_train_minutes": -1.0}, r"config\.max_train_minutes must be >= 0"),
   ],
 )
 def test_impossible_values(fields, message):

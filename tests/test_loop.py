@@ -237,6 +237,29 @@ def test_mc_dropout_without_dropout_is_the_deterministic_eval():
   np.testing.assert_allclose(mc, plain, rtol=1e-5)
 
 
+def test_loss_sum_over_time_moves_sgd_seq_len_times_as_far():
+  """Zaremba's convention: the differentiated loss is the per-step losses summed over the
+  window (the mean times T), so one plain SGD step moves every param T times as far; the
+  logged loss stays the per-token mean."""
+  moves, losses, norms = {}, {}, {}
+  for summed in (False, True):
+    task, state = lm_task(
+      loss_sum_over_time=summed, max_grad_norm=0.0, lr_schedule="constant", learning_rate=0.01
+    )
+    assert task.loss_scale == (8.0 if summed else 1.0)  # ptb:tiny's seq_len
+    with optax_promotion():
+      new, metrics = jax.jit(loop.make_train_step(task))(
+        state, task.train_batch(0), jax.random.key(3)
+      )
+    moves[summed] = jax.tree.map(lambda a, b: np.asarray(a - b), new.params, state.params)
+    losses[summed], norms[summed] = float(metrics["loss"]), float(metrics["grad_norm"])
+  assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+  assert norms[True] == pytest.approx(8.0 * norms[False], rel=1e-5)
+  # Params are O(1) (init_scale 1), so their float32 differences carry ~2e-7 of rounding.
+  for got, want in zip(jax.tree.leaves(moves[True]), jax.tree.leaves(moves[False])):
+    np.testing.assert_allclose(got, 8.0 * want, rtol=1e-4, atol=1e-6)
+
+
 # --- the loop on each task -----------------------------------------------------------------
 
 
@@ -263,6 +286,17 @@ def test_adding_tiny_loss_falls(tmp_path):
   assert [r["step"] for r in split_records(records, "train")] == [5, 10, 15, 20]
   assert [r["step"] for r in split_records(records, "eval")] == [10, 20]
   assert json.loads((tmp_path / "config.json").read_text())["task"] == "adding"
+
+
+def test_max_train_minutes_stops_then_evaluates_and_checkpoints(tmp_path):
+  """A spent time budget ends training after the step in progress, which is then logged,
+  evaluated and checkpointed like a last step."""
+  result = train(load_config("adding", "tiny", max_train_minutes=1e-9), tmp_path)
+  records = read_metrics(tmp_path)
+  assert int(result.state.step) == 1
+  assert [r["step"] for r in split_records(records, "train")] == [1]
+  assert [r["step"] for r in split_records(records, "eval")] == [1]
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
 
 
 def test_copy_tiny_loss_falls(tmp_path):
