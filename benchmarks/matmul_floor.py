@@ -8,6 +8,8 @@ For every shape and cell it times, interleaved in one process (float32, medians)
   ``no_grad`` and forward+backward;
 * ``recurrent``: ``recurrent.scan`` under ``jax.jit`` (forward, and the gradient with
   respect to params and inputs);
+* ``flax``: the issue's Flax reference on the same weights, ``nn.RNN(OptimizedLSTMCell)``
+  (LSTM) or ``nn.RNN(GRUCell)`` (GRU), jitted the same way;
 * ``floor``: a jitted program with only the matmuls a hoisted-projection RNN must do and
   as little else as possible. Forward: the projection ``[T*B, I] @ [I, G*H]`` and a
   ``lax.scan`` whose step is ``z = h @ w_hh [H, G*H]`` and ``h = sum of z's G blocks``
@@ -16,8 +18,9 @@ For every shape and cell it times, interleaved in one process (float32, medians)
   (``dW_hh``, ``dW_ih``, ``dx``).
 
 No gate nonlinearity, no cell state, no stored residuals: if ``floor`` alone takes
-longer than PyTorch's whole fused kernel, no ``lax.scan`` implementation on this XLA can
-match it; ``recurrent / floor`` shows what the gate maths and the bookkeeping cost on top.
+longer than PyTorch's whole fused kernel (or than 0.75x Flax's whole program), no
+``lax.scan`` implementation on this XLA can reach that target; ``recurrent / floor``
+shows what the gate maths and the bookkeeping cost on top.
 
 Run from the repository root::
 
@@ -36,9 +39,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from flax import linen as nn  # noqa: E402
 
 import recurrent  # noqa: E402
-from benchmarks.lstm_cpu import DEFAULT_SHAPES, TORCH_THREADS, parse_shape  # noqa: E402
+from benchmarks.lstm_cpu import (  # noqa: E402
+  DEFAULT_SHAPES,
+  TORCH_THREADS,
+  build_flax,
+  parse_shape,
+)
 
 
 def floor_programs(num_gates: int, hidden: int):
@@ -72,6 +81,49 @@ def floor_programs(num_gates: int, hidden: int):
   return forward, forward_backward
 
 
+def stored_floor_program(num_gates: int, hidden: int):
+  """Forward+backward of the floor plus the memory traffic a backward pass needs.
+
+  ``(w_ih, w_hh, xs [T, B, I], dys [T, B, H])``. As ``floor_programs``, but the forward
+  step also adds the projection, ``a = x_t + h @ w_hh``, carries a second state ``e``
+  (the LSTM's cell state; for the GRU, the candidate's recurrent part) and stacks ``a``,
+  ``e`` and ``h``: (G+2)*H floats a step, what any backward pass that does not
+  recompute the forward must keep. The backward step reads them back with one multiply
+  each, ``dz_t = tile(dh + dy_t) * a_t``, ``dh = dz_t @ w_hh^T + dh * e_t``, and stacks
+  ``dz_t`` for the three large matmuls. Still no nonlinearity: only the stores, loads
+  and zero-filled stacks that ``lax.scan`` adds on top of the matmuls.
+  """
+
+  def forward_backward(w_ih, w_hh, xs, dys):
+    steps, batch, inputs = xs.shape
+    xp = (xs.reshape(-1, inputs) @ w_ih).reshape(steps, batch, -1)
+
+    def step(carry, xp_t):
+      h, e = carry
+      a = xp_t + h @ w_hh
+      e = e + a[:, :hidden]
+      h = e + sum(a[:, g * hidden : (g + 1) * hidden] for g in range(1, num_gates))
+      return (h, e), (h, e, a)
+
+    zeros = jnp.zeros((batch, hidden), xs.dtype)
+    _, (hs, es, stored) = jax.lax.scan(step, (zeros, zeros), xp)
+    w_hh_t = w_hh.T
+
+    def back(dh, inputs):
+      a, e, dy = inputs
+      dz = jnp.tile(dh + dy, (1, num_gates)) * a
+      return dz @ w_hh_t + dh * e, dz
+
+    dh, dzs = jax.lax.scan(back, zeros, (stored, es, dys), reverse=True)
+    flat = dzs.reshape(-1, dzs.shape[-1])
+    d_w_hh = hs.reshape(-1, hidden).T @ flat
+    d_w_ih = xs.reshape(-1, inputs).T @ flat
+    d_xs = flat @ w_ih.T
+    return hs, dh, d_w_hh, d_w_ih, d_xs
+
+  return forward_backward
+
+
 def bench(shape, cell_name, repeats):
   batch, steps, inputs, hidden = shape
   num_gates = 4 if cell_name == "lstm" else 3
@@ -94,8 +146,16 @@ def bench(shape, cell_name, repeats):
     ("recurrent", "fwd+bwd"): (jax.jit(rec_grad), (params, xs)),
     ("floor", "fwd"): (jax.jit(floor_fwd), floor_args),
     ("floor", "fwd+bwd"): (jax.jit(floor_fwd_bwd), floor_args),
+    ("stored", "fwd+bwd"): (
+      jax.jit(stored_floor_program(num_gates, hidden)),
+      (params.w_ih, params.w_hh, xs_tm, jnp.moveaxis(r, 1, 0)),
+    ),
   }
   calls = {k: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for k, (f, a) in jitted.items()}
+  flax_cell = nn.OptimizedLSTMCell(hidden) if cell_name == "lstm" else nn.GRUCell(hidden)
+  flax_calls, _ = build_flax(flax_cell, params, xs, r)
+  for mode, (call, _) in flax_calls.items():
+    calls[("flax", mode)] = call
 
   module = (torch.nn.LSTM if cell_name == "lstm" else torch.nn.GRU)(
     inputs, hidden, batch_first=True
@@ -136,15 +196,22 @@ def main(argv=None) -> int:
   torch.set_num_threads(TORCH_THREADS)
   print(f"jax {jax.__version__}, torch {torch.__version__} ({TORCH_THREADS} threads); "
         f"float32, median ms of {args.repeats} interleaved calls")  # fmt: skip
-  print("\n| B,T,I,H | cell | mode | PyTorch | floor | recurrent | floor/PyTorch | rec/floor |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  columns = ["B,T,I,H", "cell", "mode", "PyTorch", "Flax", "floor", "stored", "recurrent"]
+  columns += ["floor/PyTorch", "floor/Flax", "stored/PyTorch", "stored/Flax", "rec/stored"]
+  print("\n| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns))
   for shape in args.shapes:
     for cell_name in args.cells:
       ms = bench(shape, cell_name, args.repeats)
+      # The forward keeps no residuals: its stored floor is the floor.
+      ms[("stored", "fwd")] = ms[("floor", "fwd")]
       for mode in ("fwd", "fwd+bwd"):
-        t, f, rec = ms[("torch", mode)], ms[("floor", mode)], ms[("recurrent", mode)]
-        print(f"| {','.join(map(str, shape))} | {cell_name.upper()} | {mode} | {t:.1f} | "
-              f"{f:.1f} | {rec:.1f} | {f / t:.2f} | {rec / f:.2f} |", flush=True)  # fmt: skip
+        t, fx, f, st, rec = (
+          ms[(k, mode)] for k in ("torch", "flax", "floor", "stored", "recurrent")
+        )
+        cells = [",".join(map(str, shape)), cell_name.upper(), mode]
+        cells += [f"{v:.1f}" for v in (t, fx, f, st, rec)]
+        cells += [f"{v:.2f}" for v in (f / t, f / fx, st / t, st / fx, rec / st)]
+        print("| " + " | ".join(cells) + " |", flush=True)
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   print(f"\nLoad average at the end: {load:.2f}")
   return 0
