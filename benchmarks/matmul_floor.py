@@ -1,4 +1,4 @@
-"""How fast can XLA:CPU run an RNN's matmuls alone? The floor under any ``lax.scan`` RNN.
+"""How fast can XLA:CPU run an RNN's matmuls alone? The floors under any ``lax.scan`` RNN.
 
 Shape legend: B batch, T time, I input size, H hidden size, G gates (4 LSTM, 3 GRU).
 
@@ -15,12 +15,14 @@ For every shape and cell it times, interleaved in one process (float32, medians)
   ``lax.scan`` whose step is ``z = h @ w_hh [H, G*H]`` and ``h = sum of z's G blocks``
   (so every column is used). Forward+backward adds a reversed ``lax.scan`` whose step is
   ``dh = (tile(dh, G) + dz_t) @ w_hh^T`` and the three large matmuls after it
-  (``dW_hh``, ``dW_ih``, ``dx``).
+  (``dW_hh``, ``dW_ih``, ``dx``);
+* ``stored`` (forward+backward only): the floor plus the stores and loads of the
+  residuals a backward pass keeps (``stored_floor_program``).
 
-No gate nonlinearity, no cell state, no stored residuals: if ``floor`` alone takes
-longer than PyTorch's whole fused kernel (or than 0.75x Flax's whole program), no
-``lax.scan`` implementation on this XLA can reach that target; ``recurrent / floor``
-shows what the gate maths and the bookkeeping cost on top.
+No gate nonlinearity in either: if ``floor`` (or ``stored``) alone takes longer than
+PyTorch's whole fused kernel, or longer than 0.75x Flax's whole program, no ``lax.scan``
+implementation on this XLA can reach that target; ``recurrent / stored`` shows what the
+gate maths and the bookkeeping cost on top.
 
 Run from the repository root::
 
