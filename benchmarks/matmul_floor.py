@@ -19,6 +19,9 @@ For every shape and cell it times, interleaved in one process (float32, medians)
 * ``stored`` (forward+backward only): the floor plus the stores and loads of the
   residuals a backward pass keeps (``stored_floor_program``).
 
+A second table gives ``recurrent``'s forward+backward temporary buffer and how much memory
+each call page-faults in (``temp_faults``).
+
 No gate nonlinearity in either: if ``floor`` (or ``stored``) alone takes longer than
 PyTorch's whole fused kernel, or longer than 0.75x Flax's whole program, no ``lax.scan``
 implementation on this XLA can reach that target; ``recurrent / stored`` shows what the
@@ -31,6 +34,7 @@ Run from the repository root::
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -126,6 +130,22 @@ def stored_floor_program(num_gates: int, hidden: int):
   return forward_backward
 
 
+def temp_faults(fn, args, calls: int = 5) -> tuple:
+  """``(temp MB, MB page-faulted in per call)`` of ``jax.jit(fn)(*args)``.
+
+  XLA:CPU allocates the executable's temporary buffer afresh on every call; when the second
+  number matches the first, every page of it is faulted in (and zeroed by the kernel) again.
+  """
+  compiled = jax.jit(fn).lower(*args).compile()
+  jax.block_until_ready(compiled(*args))
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(calls):
+    jax.block_until_ready(compiled(*args))
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  return temp / 1e6, faults * resource.getpagesize() / 1e6
+
+
 def bench(shape, cell_name, repeats):
   batch, steps, inputs, hidden = shape
   num_gates = 4 if cell_name == "lstm" else 3
@@ -186,7 +206,8 @@ def bench(shape, cell_name, repeats):
       start = time.perf_counter()
       calls[k]()
       times[k].append(time.perf_counter() - start)
-  return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+  ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+  return ms, temp_faults(rec_grad, (params, xs))
 
 
 def main(argv=None) -> int:
@@ -201,9 +222,10 @@ def main(argv=None) -> int:
   columns = ["B,T,I,H", "cell", "mode", "PyTorch", "Flax", "floor", "stored", "recurrent"]
   columns += ["floor/PyTorch", "floor/Flax", "stored/PyTorch", "stored/Flax", "rec/stored"]
   print("\n| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns))
+  faults = {}
   for shape in args.shapes:
     for cell_name in args.cells:
-      ms = bench(shape, cell_name, args.repeats)
+      ms, faults[(shape, cell_name)] = bench(shape, cell_name, args.repeats)
       # The forward keeps no residuals: its stored floor is the floor.
       ms[("stored", "fwd")] = ms[("floor", "fwd")]
       for mode in ("fwd", "fwd+bwd"):
@@ -214,6 +236,10 @@ def main(argv=None) -> int:
         cells += [f"{v:.1f}" for v in (t, fx, f, st, rec)]
         cells += [f"{v:.2f}" for v in (f / t, f / fx, st / t, st / fx, rec / st)]
         print("| " + " | ".join(cells) + " |", flush=True)
+  print("\n| B,T,I,H | cell | recurrent fwd+bwd: temp buffer MB | MB page-faulted in per call |")
+  print("| --- | --- | --- | --- |")
+  for (shape, cell_name), (temp, faulted) in faults.items():
+    print(f"| {','.join(map(str, shape))} | {cell_name.upper()} | {temp:.1f} | {faulted:.1f} |")
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   print(f"\nLoad average at the end: {load:.2f}")
   return 0
