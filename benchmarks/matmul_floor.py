@@ -19,8 +19,8 @@ For every shape and cell it times, interleaved in one process (float32, medians)
 * ``stored`` (forward+backward only): the floor plus the stores and loads of the
   residuals a backward pass keeps (``stored_floor_program``).
 
-A second table gives ``recurrent``'s forward+backward temporary buffer and how much memory
-each call page-faults in (``temp_faults``).
+A second table gives the forward+backward temporary buffer of ``recurrent`` and of Flax, and
+how much memory each call page-faults in (``temp_faults``).
 
 No gate nonlinearity in either: if ``floor`` (or ``stored``) alone takes longer than
 PyTorch's whole fused kernel, or longer than 0.75x Flax's whole program, no ``lax.scan``
@@ -54,6 +54,7 @@ from benchmarks.lstm_cpu import (  # noqa: E402
   build_flax,
   parse_shape,
 )
+from recurrent import convert  # noqa: E402
 
 
 def floor_programs(num_gates: int, hidden: int):
@@ -207,7 +208,11 @@ def bench(shape, cell_name, repeats):
       calls[k]()
       times[k].append(time.perf_counter() - start)
   ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-  return ms, temp_faults(rec_grad, (params, xs))
+  flax_vars = {"params": {"cell": convert.to_flax(params)["params"]}}
+  flax_grad = jax.grad(
+    lambda v, x: jnp.sum(nn.RNN(flax_cell).apply(v, x) * r), argnums=(0, 1)
+  )  # what build_flax times
+  return ms, temp_faults(rec_grad, (params, xs)) + temp_faults(flax_grad, (flax_vars, xs))
 
 
 def main(argv=None) -> int:
@@ -236,10 +241,13 @@ def main(argv=None) -> int:
         cells += [f"{v:.1f}" for v in (t, fx, f, st, rec)]
         cells += [f"{v:.2f}" for v in (f / t, f / fx, st / t, st / fx, rec / st)]
         print("| " + " | ".join(cells) + " |", flush=True)
-  print("\n| B,T,I,H | cell | recurrent fwd+bwd: temp buffer MB | MB page-faulted in per call |")
-  print("| --- | --- | --- | --- |")
-  for (shape, cell_name), (temp, faulted) in faults.items():
-    print(f"| {','.join(map(str, shape))} | {cell_name.upper()} | {temp:.1f} | {faulted:.1f} |")
+  print("\n| B,T,I,H | cell | fwd+bwd temp buffer MB: recurrent | Flax "
+        "| MB page-faulted in per call: recurrent | Flax |")  # fmt: skip
+  print("| --- | --- | --- | --- | --- | --- |")
+  for (shape, cell_name), (temp, faulted, flax_temp, flax_faulted) in faults.items():
+    cells = [",".join(map(str, shape)), cell_name.upper()]
+    cells += [f"{v:.1f}" for v in (temp, flax_temp, faulted, flax_faulted)]
+    print("| " + " | ".join(cells) + " |")
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   print(f"\nLoad average at the end: {load:.2f}")
   return 0
