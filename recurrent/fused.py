@@ -64,14 +64,17 @@ def _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, m
   return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def recurrence(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def recurrence(pointwise, reverse, unroll, dtype, batch_major, w_hh, extra, carry, xp, valid, mask):
   """Runs the recurrence over hoisted projections; returns ``(final_carry, ys)``.
 
   Args:
     pointwise: ``cell.pointwise(extra, carry, xp_t, hh) -> (carry, h, gates)``.
     reverse, unroll: as in ``lax.scan``.
     dtype: matmul operand dtype, or None.
+    batch_major: return the outputs as ``[B..., T, H]``. The backward loop then reads
+      each step's output gradient from that layout instead of from a transposed copy,
+      one buffer fewer.
     w_hh: ``[H, G*H]``.
     extra: ``cell.pointwise_params(params)``, the params the pointwise math uses.
     carry: the initial carry, leaves ``[B..., H]``.
@@ -80,22 +83,27 @@ def recurrence(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid,
     mask: recurrent dropout mask ``[B..., H]``, or None.
 
   Returns:
-    The carry after the last valid step and the outputs ``[T, B..., H]``.
+    The carry after the last valid step and the outputs ``[T, B..., H]`` (``[B..., T, H]``
+    if ``batch_major``).
   """
-  final, (ys, _) = _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask)
-  return final, ys
+  return _recurrence_fwd(pointwise, reverse, unroll, dtype, batch_major, w_hh, extra, carry,
+                         xp, valid, mask)[0]  # fmt: skip
 
 
-def _recurrence_fwd(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
+def _recurrence_fwd(
+  pointwise, reverse, unroll, dtype, batch_major, w_hh, extra, carry, xp, valid, mask
+):
   final, (ys, (carries, hhs)) = _forward(
     pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask
   )
+  ys = jnp.moveaxis(ys, 0, -2) if batch_major else ys
   return (final, ys), (w_hh, extra, carries, hhs, xp, valid, mask)
 
 
-def _recurrence_bwd(pointwise, reverse, unroll, dtype, residuals, cotangents):
+def _recurrence_bwd(pointwise, reverse, unroll, dtype, batch_major, residuals, cotangents):
   w_hh, extra, carries, hhs, xp, valid, mask = residuals
   d_final, d_ys = cotangents
+  time_axis = d_ys.ndim - 2 if batch_major else 0
   w_hh_t = w_hh.T
   num_gates = len(xp)
   # Per gate, whether the gradient of its projection is that of its recurrent
@@ -106,8 +114,9 @@ def _recurrence_bwd(pointwise, reverse, unroll, dtype, residuals, cotangents):
 
   def body(acc, inputs):
     d_carry, d_extra, buf = acc
-    t, carry, xp_t, valid_t, dy = inputs
+    t, carry, xp_t, valid_t = inputs
     hh = jax.lax.dynamic_index_in_dim(buf, t, keepdims=False)
+    dy = jax.lax.dynamic_index_in_dim(d_ys, t, time_axis, keepdims=False)
     _, vjp = jax.vjp(
       lambda e, c, x, z: _step(pointwise, e, c, x, z, valid_t),
       extra,
@@ -129,7 +138,7 @@ def _recurrence_bwd(pointwise, reverse, unroll, dtype, residuals, cotangents):
   (d_carry, d_extra, dzs), d_own = jax.lax.scan(
     body,
     (d_final, zeros_extra, hhs),
-    (steps, carries, xp, valid, d_ys),
+    (steps, carries, xp, valid),
     reverse=not reverse,
     unroll=unroll,
   )

@@ -191,12 +191,15 @@ def _run(
     # (0 * NaN) even though the held carry hides it from the outputs.
     xs = jnp.where(valid, xs, jnp.zeros_like(xs))
   fused = not trace and cell.pointwise is not None and not isinstance(rec_mask, tuple)
+  # The fused recurrence can hand back batch-major outputs itself (see fused.recurrence);
+  # the chunks of remat_every are joined along time, so they stay time-major.
+  batch_major = fused and not time_major and remat_every is None
 
   def recurrence(carry, xs, valid):
     xp = cell.project(params, xs, in_mask)
     if fused:
       return _fused.recurrence(
-        cell.pointwise, reverse, unroll, cell.dtype, params.w_hh,
+        cell.pointwise, reverse, unroll, cell.dtype, batch_major, params.w_hh,
         cell.pointwise_params(params), carry, xp, valid, rec_mask,
       )  # fmt: skip
 
@@ -212,7 +215,7 @@ def _run(
     final, ys = recurrence(carry, xs, valid)
   else:
     final, ys = _rematerialised(recurrence, carry, xs, valid, batch_shape, remat_every, reverse)
-  if not time_major:
+  if not time_major and not batch_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
   return final, ys
 

@@ -175,3 +175,27 @@ def test_backward_loop_stacks_projection_gradients_only_where_needed(kind, own):
   stacked = [v.aval.shape for v in backward[0].outvars[num_carry:]]
   assert carried.count((T, B, cell.num_gates * H)) == 1
   assert stacked == [(T, B, H)] * own
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_batch_major_gradient_keeps_no_transposed_output_gradient(kind):
+  """The backward loop reads the output gradient ``[B, T, H]`` where it lies: batch-major
+  costs XLA no transposed copy of it, only one of the (smaller) inputs ``[B, T, I]``, in
+  temporary memory over time-major."""
+  cell = getattr(recurrent, kind)(32)
+  params = cell.init(jax.random.key(0), 4)
+  rng = np.random.default_rng(0)
+  xs = jnp.asarray(rng.standard_normal((8, 16, 4)), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal((8, 16, 32)), jnp.float32)
+
+  def temp_bytes(time_major):
+    def loss(p, x, w):
+      return jnp.sum(recurrent.scan(cell, p, x, time_major=time_major)[1] * w)
+
+    args = (params, xs, weights)
+    if time_major:
+      args = (params, jnp.swapaxes(xs, 0, 1), jnp.swapaxes(weights, 0, 1))
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  assert temp_bytes(time_major=False) - temp_bytes(time_major=True) <= xs.nbytes
