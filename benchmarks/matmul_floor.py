@@ -161,12 +161,13 @@ def bench(shape, cell_name, repeats):
   def rec_forward(p, x):
     return recurrent.scan(cell, p, x)[1]
 
-  rec_grad = jax.grad(lambda p, x: jnp.sum(rec_forward(p, x) * r), argnums=(0, 1))
+  # r is an argument, as in lstm_cpu.py: a constant r would let XLA fold work into it.
+  rec_grad = jax.grad(lambda p, x, r: jnp.sum(rec_forward(p, x) * r), argnums=(0, 1))
   floor_fwd, floor_fwd_bwd = floor_programs(num_gates, hidden)
   floor_args = (params.w_ih, params.w_hh, xs_tm, dzs)
   jitted = {
     ("recurrent", "fwd"): (jax.jit(rec_forward), (params, xs)),
-    ("recurrent", "fwd+bwd"): (jax.jit(rec_grad), (params, xs)),
+    ("recurrent", "fwd+bwd"): (jax.jit(rec_grad), (params, xs, r)),
     ("floor", "fwd"): (jax.jit(floor_fwd), floor_args),
     ("floor", "fwd+bwd"): (jax.jit(floor_fwd_bwd), floor_args),
     ("stored", "fwd+bwd"): (
@@ -210,9 +211,9 @@ def bench(shape, cell_name, repeats):
   ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
   flax_vars = {"params": {"cell": convert.to_flax(params)["params"]}}
   flax_grad = jax.grad(
-    lambda v, x: jnp.sum(nn.RNN(flax_cell).apply(v, x) * r), argnums=(0, 1)
+    lambda v, x, r: jnp.sum(nn.RNN(flax_cell).apply(v, x) * r), argnums=(0, 1)
   )  # what build_flax times
-  return ms, temp_faults(rec_grad, (params, xs)) + temp_faults(flax_grad, (flax_vars, xs))
+  return ms, temp_faults(rec_grad, (params, xs, r)) + temp_faults(flax_grad, (flax_vars, xs, r))
 
 
 def main(argv=None) -> int:

@@ -12,13 +12,13 @@ again; ``recurrent.cell.gate_dots`` turns it into one matmul for ``w_ih`` and on
 the inputs.
 
 The backward loop writes ``dz_t`` over the forward's stored ``hh_t = (h_{t-1} * m) @ w_hh``
-(same shape, read just before in the same step) instead of into a stack of its own, which
-keeps XLA's temporary buffer smaller. XLA:CPU allocates that buffer afresh at every call, and
-one above glibc's 32 MiB mmap threshold is page-faulted in again at every call
-(``benchmarks/matmul_floor.py`` prints both). At (B, T, I, H) = (32, 100, 128, 256) the
-buffer went from 46.2 to 33.1 MB (LSTM) and from 36.2 to 32.8 MB (GRU), under the
-threshold, and the forward + backward pass on 2 CPU cores ran 12% (LSTM) and 19% (GRU)
-faster.
+(same shape, read just before in the same step) instead of into a stack of its own, and
+with batch-major outputs it reads each step's output gradient from ``[B..., T, H]`` where it
+lies instead of from a transposed copy. Both keep XLA's temporary buffer small: XLA:CPU
+allocates it afresh at every call, and one above glibc's mmap threshold (32 MiB at most) is
+page-faulted in again at every call (``benchmarks/matmul_floor.py`` prints both). At
+(B, T, I, H) = (32, 100, 128, 256) the forward + backward buffer went from 49.5 to 33.1 MB
+(LSTM) and from 39.5 to 32.8 MB (GRU), under the threshold.
 
 It serves any cell whose step is ``hh = (h * m) @ w_hh`` followed by pointwise math
 (``cell.pointwise``): the LSTM and the reset-after GRU. The driver falls back to plain
