@@ -17,8 +17,9 @@ with batch-major outputs it reads each step's output gradient from ``[B..., T, H
 lies instead of from a transposed copy. Both keep XLA's temporary buffer small: XLA:CPU
 allocates it afresh at every call, and one above glibc's mmap threshold (32 MiB at most) is
 page-faulted in again at every call (``benchmarks/matmul_floor.py`` prints both). At
-(B, T, I, H) = (32, 100, 128, 256) the forward + backward buffer went from 49.5 to 33.1 MB
-(LSTM) and from 39.5 to 32.8 MB (GRU), under the threshold.
+(B, T, I, H) = (32, 100, 128, 256) the forward + backward buffer is 33.1 MB (LSTM) and
+32.8 MB (GRU), under the threshold, where Flax's needs 47.6 and 35.8 MB
+(``benchmarks/results/matmul_floor_2026-11-26_run2.md``).
 
 It serves any cell whose step is ``hh = (h * m) @ w_hh`` followed by pointwise math
 (``cell.pointwise``): the LSTM and the reset-after GRU. The driver falls back to plain
@@ -130,7 +131,7 @@ def _recurrence_bwd(pointwise, reverse, unroll, dtype, batch_major, residuals, c
     dh = _cell.dot(dz, w_hh_t, dtype)
     dc = dc._replace(h=dc.h + _masked_h(dh, mask))
     own = tuple(d for d, s in zip(dx, shared) if not s)
-    buf = jax.lax.dynamic_update_index_in_dim(buf, dz.astype(buf.dtype), t, 0)
+    buf = jax.lax.dynamic_update_index_in_dim(buf, dz, t, 0)
     return (dc, jax.tree.map(jnp.add, d_extra, de), buf), own
 
   zeros_extra = jax.tree.map(jnp.zeros_like, extra)
