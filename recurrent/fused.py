@@ -65,21 +65,52 @@ def _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, m
   return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
-def recurrence(pointwise, reverse, unroll, dtype, batch_major, w_hh, extra, carry, xp, valid, mask):
-  """Runs the recurrence over hoisted projections; returns ``(final_carry, ys)``.
+# The forward alone runs in chunks of time steps when its stacked projection exceeds this
+# many bytes (XLA:CPU only, see projection_chunk), each chunk about CHUNK_BYTES.
+CHUNK_ABOVE = 32 * 2**20
+CHUNK_BYTES = 16 * 2**20
+
+
+def projection_chunk(num_steps: int, step_bytes: int) -> int | None:
+  """How many steps the forward projects at a time: None (all at once) or a divisor of T.
+
+  XLA:CPU allocates a program's temporary buffer afresh at every call, and glibc maps one
+  above its mmap threshold (32 MiB at most) fresh from the kernel, so it is page-faulted
+  in again at every call. The stacked projection ``[T, B..., G*H]`` is most of a forward's
+  buffer; projecting ``k`` steps at a time inside an outer loop reuses one chunk's buffer.
+  ``step_bytes``: one step's projection, ``B * G * H * itemsize``. Chunks are the largest
+  divisor of T that keeps a chunk under ``CHUNK_BYTES``, if that is at least half of it
+  (else None); on other backends, None.
+  """
+  if jax.default_backend() != "cpu" or num_steps * step_bytes <= CHUNK_ABOVE:
+    return None
+  most = max(1, CHUNK_BYTES // step_bytes)
+  chunk = max(k for k in range(1, min(most, num_steps) + 1) if num_steps % k == 0)
+  return chunk if 2 * chunk >= most else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5, 6))
+def recurrence(
+  pointwise, project, reverse, unroll, dtype, batch_major, chunk, inputs, w_hh, extra, carry,
+  valid, mask,
+):  # fmt: skip
+  """Projects the inputs and runs the recurrence; returns ``(final_carry, ys)``.
 
   Args:
     pointwise: ``cell.pointwise(extra, carry, xp_t, hh) -> (carry, h, gates)``.
+    project: ``cell.project(params, xs, mask) -> xp``, a tuple of G arrays ``[T, B..., H]``.
     reverse, unroll: as in ``lax.scan``.
     dtype: matmul operand dtype, or None.
     batch_major: return the outputs as ``[B..., T, H]``. The backward loop then reads
       each step's output gradient from that layout instead of from a transposed copy,
       one buffer fewer.
+    chunk: None, or k dividing T (:func:`projection_chunk`): the forward, when not
+      differentiated, projects and runs k steps at a time. Under ``grad`` the whole
+      projection is kept for the backward pass anyway.
+    inputs: ``project``'s arguments ``(params, xs [T, B..., I], input_mask or None)``.
     w_hh: ``[H, G*H]``.
     extra: ``cell.pointwise_params(params)``, the params the pointwise math uses.
     carry: the initial carry, leaves ``[B..., H]``.
-    xp: tuple of G projections ``[T, B..., H]`` (``cell.project``).
     valid: bool ``[T, B..., 1]``, or None when every step is valid.
     mask: recurrent dropout mask ``[B..., H]``, or None.
 
@@ -87,22 +118,48 @@ def recurrence(pointwise, reverse, unroll, dtype, batch_major, w_hh, extra, carr
     The carry after the last valid step and the outputs ``[T, B..., H]`` (``[B..., T, H]``
     if ``batch_major``).
   """
-  return _recurrence_fwd(pointwise, reverse, unroll, dtype, batch_major, w_hh, extra, carry,
-                         xp, valid, mask)[0]  # fmt: skip
+  if chunk is None:
+    xp = project(*inputs)
+    final, (ys, _) = _forward(
+      pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask
+    )
+    return final, _layout(ys, batch_major)
+
+  params, xs, input_mask = inputs
+  split = lambda a: a.reshape((-1, chunk) + a.shape[1:])  # noqa: E731
+
+  def body(carry, chunk_inputs):
+    xs_c, valid_c = chunk_inputs
+    xp = project(params, xs_c, input_mask)
+    final, (ys, _) = _forward(
+      pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid_c, mask
+    )
+    return final, ys
+
+  chunks = (split(xs), None if valid is None else split(valid))
+  final, ys = jax.lax.scan(body, carry, chunks, reverse=reverse)
+  return final, _layout(ys.reshape((-1,) + ys.shape[2:]), batch_major)
+
+
+def _layout(ys, batch_major):
+  return jnp.moveaxis(ys, 0, -2) if batch_major else ys
 
 
 def _recurrence_fwd(
-  pointwise, reverse, unroll, dtype, batch_major, w_hh, extra, carry, xp, valid, mask
-):
+  pointwise, project, reverse, unroll, dtype, batch_major, chunk, inputs, w_hh, extra, carry,
+  valid, mask,
+):  # fmt: skip
+  xp, pull = jax.vjp(project, *inputs)
   final, (ys, (carries, hhs)) = _forward(
     pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask
   )
-  ys = jnp.moveaxis(ys, 0, -2) if batch_major else ys
-  return (final, ys), (w_hh, extra, carries, hhs, xp, valid, mask)
+  return (final, _layout(ys, batch_major)), (pull, w_hh, extra, carries, hhs, xp, valid, mask)
 
 
-def _recurrence_bwd(pointwise, reverse, unroll, dtype, batch_major, residuals, cotangents):
-  w_hh, extra, carries, hhs, xp, valid, mask = residuals
+def _recurrence_bwd(
+  pointwise, project, reverse, unroll, dtype, batch_major, chunk, residuals, cotangents
+):  # fmt: skip
+  pull, w_hh, extra, carries, hhs, xp, valid, mask = residuals
   d_final, d_ys = cotangents
   time_axis = d_ys.ndim - 2 if batch_major else 0
   w_hh_t = w_hh.T
@@ -153,7 +210,7 @@ def _recurrence_bwd(pointwise, reverse, unroll, dtype, batch_major, residuals, c
   hm = hm.reshape(-1, hidden)
   d_w_hh = _cell.dot(hm.T, dzs.reshape(-1, dzs.shape[-1]), dtype).astype(w_hh.dtype)
   d_mask = None if mask is None else jnp.zeros_like(mask)
-  return d_w_hh, d_extra, d_carry, d_xp, None, d_mask
+  return pull(d_xp), d_w_hh, d_extra, d_carry, None, d_mask
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

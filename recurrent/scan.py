@@ -7,6 +7,8 @@ loop body does the recurrent matmul and the gate math only (``cell.recur``). Dro
 are drawn once per sequence before the loop (see :mod:`recurrent.dropout`).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -195,13 +197,19 @@ def _run(
   # the chunks of remat_every are joined along time, so they stay time-major.
   batch_major = fused and not time_major and remat_every is None
 
+  chunk = None
+  if fused and remat_every is None:
+    step_bytes = math.prod(batch_shape) * cell.num_gates * cell.hidden_size
+    chunk = _fused.projection_chunk(num_steps, step_bytes * params.w_ih.dtype.itemsize)
+
   def recurrence(carry, xs, valid):
-    xp = cell.project(params, xs, in_mask)
     if fused:
       return _fused.recurrence(
-        cell.pointwise, reverse, unroll, cell.dtype, batch_major, params.w_hh,
-        cell.pointwise_params(params), carry, xp, valid, rec_mask,
+        cell.pointwise, cell.project, reverse, unroll, cell.dtype, batch_major, chunk,
+        (params, xs, in_mask), params.w_hh, cell.pointwise_params(params), carry, valid,
+        rec_mask,
       )  # fmt: skip
+    xp = cell.project(params, xs, in_mask)
 
     def body(carry, inputs):
       xp_t, valid_t = inputs

@@ -149,6 +149,17 @@ def test_forward_mode_through_the_plain_path():
   np.testing.assert_allclose(jax.jacfwd(f)(xs), jax.jacrev(f)(xs), rtol=1e-5, atol=1e-5)
 
 
+def _scans(jaxpr):
+  """Every scan equation in ``jaxpr``, nested ones included."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      yield eqn
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", param)  # a ClosedJaxpr's Jaxpr, or a Jaxpr
+      if hasattr(inner, "eqns"):
+        yield from _scans(inner)
+
+
 @pytest.mark.parametrize("kind, own", [("lstm", 0), ("gru", 1)])
 def test_backward_loop_stacks_projection_gradients_only_where_needed(kind, own):
   """The backward loop writes ``dz [T, B, G*H]`` over the stored recurrent pre-activations
@@ -158,17 +169,7 @@ def test_backward_loop_stacks_projection_gradients_only_where_needed(kind, own):
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
   jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(recurrent.scan(cell, p, xs)[1])))(params)
-
-  def scans(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "scan":
-        yield eqn
-      for param in eqn.params.values():
-        inner = getattr(param, "jaxpr", param)  # a ClosedJaxpr's Jaxpr, or a Jaxpr
-        if hasattr(inner, "eqns"):
-          yield from scans(inner)
-
-  backward = [e for e in scans(jaxpr.jaxpr) if e.params["reverse"]]
+  backward = [e for e in _scans(jaxpr.jaxpr) if e.params["reverse"]]
   assert len(backward) == 1
   num_carry = backward[0].params["num_carry"]
   carried = [v.aval.shape for v in backward[0].outvars[:num_carry]]
@@ -199,3 +200,78 @@ def test_batch_major_gradient_keeps_no_transposed_output_gradient(kind):
     return compiled.memory_analysis().temp_size_in_bytes
 
   assert temp_bytes(time_major=False) - temp_bytes(time_major=True) <= xs.nbytes
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize(
+  "options",
+  [
+    {},
+    {"reverse": True, "seq_lengths": LENGTHS},
+    {"seq_lengths": LENGTHS, "recurrent_dropout": 0.4, "dropout": 0.3},
+    {"time_major": True, "reverse": True},
+  ],
+  ids=["plain", "reverse-lengths", "lengths-dropout", "time-major-reverse"],
+)
+def test_chunked_forward_equals_plain_scan(kind, options, monkeypatch):
+  """With the chunk thresholds lowered so that T=6 runs in chunks of 2 steps (inside an
+  outer loop, projection included), outputs and final carry equal the plain lax.scan path;
+  gradients still equal it (the backward never chunks)."""
+  one_step = B * {"lstm": 4, "gru": 3}[kind] * H * 4
+  monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", one_step)
+  monkeypatch.setattr(recurrent.fused, "CHUNK_BYTES", 2 * one_step)
+  assert recurrent.fused.projection_chunk(T, one_step) == 2
+  cell = getattr(recurrent, kind)(H)
+  params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.key(0), IN))
+  carry = jax.tree.map(lambda c: c + 0.2, cell.initial_carry((B,)))
+  if "dropout" in options:
+    options = dict(options, key=recurrent.sequence_keys(jax.random.key(3), B))
+  xs, _ = _data()
+  if options.get("time_major"):
+    xs = jnp.swapaxes(xs, 0, 1)
+
+  def run(c):
+    forward = jax.jit(lambda p, h, x: recurrent.scan(c, p, x, initial_carry=h, **options))
+    return forward(params, carry, xs)
+
+  chunked = run(cell)
+  jaxpr = jax.make_jaxpr(lambda x: recurrent.scan(cell, params, x, **options))(xs)
+  assert sorted(e.params["length"] for e in _scans(jaxpr.jaxpr)) == [2, T // 2]
+  for got, want in zip(
+    jax.tree.leaves(chunked), jax.tree.leaves(run(cell._replace(pointwise=None)))
+  ):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  if not options.get("time_major"):
+    fused = _loss(cell, **options)(params, carry, xs)
+    plain = _loss(cell._replace(pointwise=None), **options)(params, carry, xs)
+    for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_projection_chunk_sizes():
+  """Chunks only above CHUNK_ABOVE bytes of projection, as the largest divisor of T under
+  CHUNK_BYTES a chunk, and not at all when T has no divisor near that size."""
+  chunk = recurrent.fused.projection_chunk
+  mib = 2**20
+  assert chunk(100, 128 * 1024) is None  # 12.5 MiB in all
+  assert chunk(200, 512 * 1024) == 25  # 100 MiB: at most 32 steps a chunk, 25 divides 200
+  assert chunk(200, 3 * 128 * 1024) == 40  # at most 42 steps
+  assert chunk(211, 512 * 1024) is None  # prime T: chunks of 1 step only
+  assert chunk(64, 16 * mib) == 1  # one step fills a chunk
+
+
+def test_chunked_forward_needs_less_temporary_memory(monkeypatch):
+  """At (B, T, H) = (64, 200, 512) the LSTM forward's projection is 105 MB; in chunks of 25
+  steps XLA's temporary buffer (its own memory analysis) is less than half as large."""
+  cell = recurrent.lstm(512)
+  params = cell.init(jax.random.key(0), 8)
+  xs = jax.ShapeDtypeStruct((64, 200, 8), jnp.float32)
+
+  def temp_bytes():
+    forward = jax.jit(lambda p, x: recurrent.scan(cell, p, x)[1])
+    return forward.lower(params, xs).compile().memory_analysis().temp_size_in_bytes
+
+  chunked = temp_bytes()
+  monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", 2**40)
+  whole = temp_bytes()
+  assert 2 * chunked < whole, (chunked, whole)
