@@ -68,7 +68,7 @@ def _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, m
 # The forward alone runs in chunks of time steps when its stacked projection exceeds this
 # many bytes (XLA:CPU only, see projection_chunk), each chunk about CHUNK_BYTES.
 CHUNK_ABOVE = 32 * 2**20
-CHUNK_BYTES = 16 * 2**20
+CHUNK_BYTES = 8 * 2**20
 
 
 def projection_chunk(num_steps: int, step_bytes: int) -> int | None:
@@ -125,20 +125,27 @@ def recurrence(
     )
     return final, _layout(ys, batch_major)
 
+  # An outer loop over chunks; each projects its k steps and writes its outputs into
+  # the final [B..., T, H] (or [T, B..., H]) array in place: no [T, ...] stack but that.
   params, xs, input_mask = inputs
-  split = lambda a: a.reshape((-1, chunk) + a.shape[1:])  # noqa: E731
+  steps = xs.shape[0]
+  ys = jnp.zeros(xs.shape[:-1] + w_hh.shape[:1], carry.h.dtype)
+  ys = _layout(ys, batch_major)
 
-  def body(carry, chunk_inputs):
-    xs_c, valid_c = chunk_inputs
-    xp = project(params, xs_c, input_mask)
-    final, (ys, _) = _forward(
-      pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid_c, mask
+  def body(state, index):
+    carry, ys = state
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, index * chunk, chunk)  # noqa: E731
+    xp = project(params, take(xs), input_mask)
+    take_valid = None if valid is None else take(valid)
+    carry, (y, _) = _forward(
+      pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, take_valid, mask
     )
-    return final, ys
+    axis = ys.ndim - 2 if batch_major else 0
+    ys = jax.lax.dynamic_update_slice_in_dim(ys, _layout(y, batch_major), index * chunk, axis)
+    return (carry, ys), None
 
-  chunks = (split(xs), None if valid is None else split(valid))
-  final, ys = jax.lax.scan(body, carry, chunks, reverse=reverse)
-  return final, _layout(ys.reshape((-1,) + ys.shape[2:]), batch_major)
+  (final, ys), _ = jax.lax.scan(body, (carry, ys), jnp.arange(steps // chunk), reverse=reverse)
+  return final, ys
 
 
 def _layout(ys, batch_major):

@@ -254,14 +254,14 @@ def test_projection_chunk_sizes():
   chunk = recurrent.fused.projection_chunk
   mib = 2**20
   assert chunk(100, 128 * 1024) is None  # 12.5 MiB in all
-  assert chunk(200, 512 * 1024) == 25  # 100 MiB: at most 32 steps a chunk, 25 divides 200
-  assert chunk(200, 3 * 128 * 1024) == 40  # at most 42 steps
+  assert chunk(200, 512 * 1024) == 10  # 100 MiB: at most 16 steps a chunk, 10 divides 200
+  assert chunk(200, 3 * 128 * 1024) == 20  # at most 21 steps
   assert chunk(211, 512 * 1024) is None  # prime T: chunks of 1 step only
-  assert chunk(64, 16 * mib) == 1  # one step fills a chunk
+  assert chunk(64, 8 * mib) == 1  # one step fills a chunk
 
 
 def test_chunked_forward_needs_less_temporary_memory(monkeypatch):
-  """At (B, T, H) = (64, 200, 512) the LSTM forward's projection is 105 MB; in chunks of 25
+  """At (B, T, H) = (64, 200, 512) the LSTM forward's projection is 105 MB; in chunks of 10
   steps XLA's temporary buffer (its own memory analysis) is less than half as large."""
   cell = recurrent.lstm(512)
   params = cell.init(jax.random.key(0), 8)
