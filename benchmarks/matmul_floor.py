@@ -6,6 +6,9 @@ For every shape and cell it times, interleaved in one process (float32, medians)
 
 * ``torch``: PyTorch's fused ``nn.LSTM`` / ``nn.GRU`` (2 threads), forward under
   ``no_grad`` and forward+backward;
+* ``torch (no oneDNN)``: the same under ``torch.backends.mkldnn.flags(enabled=False)``.
+  PyTorch runs its LSTM (not its GRU) on the CPU with oneDNN's fused RNN primitive, which
+  packs the weights once for all steps; without it, PyTorch's own generic step loop;
 * ``recurrent``: ``recurrent.scan`` under ``jax.jit`` (forward, and the gradient with
   respect to params and inputs);
 * ``flax``: the issue's Flax reference on the same weights, ``nn.RNN(OptimizedLSTMCell)``
@@ -19,8 +22,8 @@ For every shape and cell it times, interleaved in one process (float32, medians)
 * ``stored`` (forward+backward only): the floor plus the stores and loads of the
   residuals a backward pass keeps (``stored_floor_program``).
 
-A second table gives the forward+backward temporary buffer of ``recurrent`` and of Flax, and
-how much memory each call page-faults in (``temp_faults``).
+A second table gives the temporary buffer of ``recurrent`` and of Flax, forward and
+forward+backward, and how much memory each call page-faults in (``temp_faults``).
 
 No gate nonlinearity in either: if ``floor`` (or ``stored``) alone takes longer than
 PyTorch's whole fused kernel, or longer than 0.75x Flax's whole program, no ``lax.scan``
@@ -196,8 +199,17 @@ def bench(shape, cell_name, repeats):
     tx.grad = None
     (module(tx)[0] * tr).sum().backward()
 
+  def no_onednn(call):
+    def run():
+      with torch.backends.mkldnn.flags(enabled=False):
+        call()
+
+    return run
+
   calls[("torch", "fwd")] = torch_fwd
   calls[("torch", "fwd+bwd")] = torch_fwd_bwd
+  calls[("torch-generic", "fwd")] = no_onednn(torch_fwd)
+  calls[("torch-generic", "fwd+bwd")] = no_onednn(torch_fwd_bwd)
   for call in calls.values():
     call()
     call()
@@ -213,7 +225,12 @@ def bench(shape, cell_name, repeats):
   flax_grad = jax.grad(
     lambda v, x, r: jnp.sum(nn.RNN(flax_cell).apply(v, x) * r), argnums=(0, 1)
   )  # what build_flax times
-  return ms, temp_faults(rec_grad, (params, xs, r)) + temp_faults(flax_grad, (flax_vars, xs, r))
+  flax_forward = lambda v, x: nn.RNN(flax_cell).apply(v, x)  # noqa: E731
+  memory = {
+    "fwd": temp_faults(rec_forward, (params, xs)) + temp_faults(flax_forward, (flax_vars, xs)),
+    "fwd+bwd": temp_faults(rec_grad, (params, xs, r)) + temp_faults(flax_grad, (flax_vars, xs, r)),
+  }
+  return ms, memory
 
 
 def main(argv=None) -> int:
@@ -225,30 +242,32 @@ def main(argv=None) -> int:
   torch.set_num_threads(TORCH_THREADS)
   print(f"jax {jax.__version__}, torch {torch.__version__} ({TORCH_THREADS} threads); "
         f"float32, median ms of {args.repeats} interleaved calls")  # fmt: skip
-  columns = ["B,T,I,H", "cell", "mode", "PyTorch", "Flax", "floor", "stored", "recurrent"]
-  columns += ["floor/PyTorch", "floor/Flax", "stored/PyTorch", "stored/Flax", "rec/stored"]
+  columns = ["B,T,I,H", "cell", "mode", "PyTorch", "PyTorch (no oneDNN)", "Flax", "floor"]
+  columns += ["stored", "recurrent", "floor/PyTorch", "floor/Flax", "stored/PyTorch"]
+  columns += ["stored/Flax", "rec/stored"]
   print("\n| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns))
-  faults = {}
+  memory = {}
   for shape in args.shapes:
     for cell_name in args.cells:
-      ms, faults[(shape, cell_name)] = bench(shape, cell_name, args.repeats)
+      ms, memory[(shape, cell_name)] = bench(shape, cell_name, args.repeats)
       # The forward keeps no residuals: its stored floor is the floor.
       ms[("stored", "fwd")] = ms[("floor", "fwd")]
       for mode in ("fwd", "fwd+bwd"):
-        t, fx, f, st, rec = (
-          ms[(k, mode)] for k in ("torch", "flax", "floor", "stored", "recurrent")
+        t, tg, fx, f, st, rec = (
+          ms[(k, mode)] for k in ("torch", "torch-generic", "flax", "floor", "stored", "recurrent")
         )
         cells = [",".join(map(str, shape)), cell_name.upper(), mode]
-        cells += [f"{v:.1f}" for v in (t, fx, f, st, rec)]
+        cells += [f"{v:.1f}" for v in (t, tg, fx, f, st, rec)]
         cells += [f"{v:.2f}" for v in (f / t, f / fx, st / t, st / fx, rec / st)]
         print("| " + " | ".join(cells) + " |", flush=True)
-  print("\n| B,T,I,H | cell | fwd+bwd temp buffer MB: recurrent | Flax "
+  print("\n| B,T,I,H | cell | mode | temp buffer MB: recurrent | Flax "
         "| MB page-faulted in per call: recurrent | Flax |")  # fmt: skip
-  print("| --- | --- | --- | --- | --- | --- |")
-  for (shape, cell_name), (temp, faulted, flax_temp, flax_faulted) in faults.items():
-    cells = [",".join(map(str, shape)), cell_name.upper()]
-    cells += [f"{v:.1f}" for v in (temp, flax_temp, faulted, flax_faulted)]
-    print("| " + " | ".join(cells) + " |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  for (shape, cell_name), modes in memory.items():
+    for mode, (temp, faulted, flax_temp, flax_faulted) in modes.items():
+      cells = [",".join(map(str, shape)), cell_name.upper(), mode]
+      cells += [f"{v:.1f}" for v in (temp, flax_temp, faulted, flax_faulted)]
+      print("| " + " | ".join(cells) + " |")
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   print(f"\nLoad average at the end: {load:.2f}")
   return 0
