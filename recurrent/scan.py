@@ -3,7 +3,9 @@
 Shape legend: B batch (any leading dims, or none), T time, I input size, H hidden size.
 
 The input projection of all T steps is one matmul before the loop (``cell.project``); the
-loop body does the recurrent matmul and the gate math only (``cell.recur``). Dropout masks
+loop body does the recurrent matmul and the gate math only (``cell.recur``). On the CPU a
+forward that is not differentiated projects long sequences in chunks of steps instead
+(:func:`recurrent.fused.projection_chunk`). Dropout masks
 are drawn once per sequence before the loop (see :mod:`recurrent.dropout`).
 """
 
