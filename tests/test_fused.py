@@ -275,3 +275,17 @@ def test_chunked_forward_needs_less_temporary_memory(monkeypatch):
   monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", 2**40)
   whole = temp_bytes()
   assert 2 * chunked < whole, (chunked, whole)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_forward_writes_outputs_over_the_projection(kind):
+  """Not under grad, the loop carries the first gate's projection ``[T, B, H]`` and writes
+  each output over it: no stacked output (and no zero-filled stack) of its own."""
+  cell = getattr(recurrent, kind)(H)
+  params = cell.init(jax.random.key(0), IN)
+  xs, _ = _data()
+  jaxpr = jax.make_jaxpr(lambda p: recurrent.scan(cell, p, xs, seq_lengths=LENGTHS))(params)
+  (loop,) = _scans(jaxpr.jaxpr)
+  num_carry = loop.params["num_carry"]
+  assert [v.aval.shape for v in loop.outvars[num_carry:]] == []
+  assert (T, B, H) in [v.aval.shape for v in loop.outvars[:num_carry]]
