@@ -28,7 +28,10 @@ forward+backward, and how much memory each call page-faults in (``temp_faults``)
 No gate nonlinearity in either: if ``floor`` (or ``stored``) alone takes longer than
 PyTorch's whole fused kernel, or longer than 0.75x Flax's whole program, no ``lax.scan``
 implementation on this XLA can reach that target; ``recurrent / stored`` shows what the
-gate maths and the bookkeeping cost on top.
+gate maths and the bookkeeping cost on top. One exception: ``floor``'s forward projects all
+T steps at once, so where its projection exceeds ``recurrent.fused.CHUNK_ABOVE`` (32 MiB:
+64,200,256,512 among the defaults) it faults that buffer in at every call, while
+``recurrent``'s forward runs in chunks and does not; there the forward floor is no bound.
 
 Run from the repository root::
 
