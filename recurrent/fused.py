@@ -21,11 +21,13 @@ page-faulted in again at every call (``benchmarks/matmul_floor.py`` prints both)
 32.8 MB (GRU), under the threshold, where Flax's needs 47.6 and 35.8 MB
 (``benchmarks/results/matmul_floor_2026-11-26_run2.md``).
 
-The forward alone (not under ``grad``) of a long or wide sequence runs in chunks of time
-steps (:func:`projection_chunk`): an outer loop projects k steps, runs them and writes their
-outputs into the final array, so the temporary buffer holds one chunk's projection instead
-of all T steps'. At (64, 200, 256, 512) that buffer drops from 118.6 to 21.1 MB (LSTM) and
-the forward's page faults from about 160 to 5 MB a call.
+The forward alone (not under ``grad``) writes each step's output over the first gate's
+projection, which no later step reads, instead of into a stack of its own; and for a long
+or wide sequence it runs in chunks of time steps (:func:`projection_chunk`): an outer loop
+projects k steps, runs them and writes their outputs into the final array, so the temporary
+buffer holds one chunk's projection instead of all T steps'. At (64, 200, 256, 512) the
+LSTM forward's buffer is 19.8 MB and nothing is faulted in, where Flax's 33.8 MB buffer is
+faulted in at every call (``benchmarks/results/matmul_floor_2026-11-26_run3.md``).
 
 It serves any cell whose step is ``hh = (h * m) @ w_hh`` followed by pointwise math
 (``cell.pointwise``): the LSTM and the reset-after GRU. The driver falls back to plain
