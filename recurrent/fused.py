@@ -167,6 +167,7 @@ def recurrence(
   steps = xs.shape[0]
   ys = jnp.zeros(xs.shape[:-1] + w_hh.shape[:1], carry.h.dtype)
   ys = _layout(ys, batch_major)
+  out_dtype = []  # h's dtype, seen while tracing the body
 
   def body(state, index):
     carry, ys = state
@@ -174,12 +175,13 @@ def recurrence(
     xp = project(params, take(xs), input_mask)
     take_valid = None if valid is None else take(valid)
     carry, y = _primal(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, take_valid, mask)
+    out_dtype[:] = [y.dtype]
+    y = _layout(y.astype(ys.dtype), batch_major)
     axis = ys.ndim - 2 if batch_major else 0
-    ys = jax.lax.dynamic_update_slice_in_dim(ys, _layout(y, batch_major), index * chunk, axis)
-    return (carry, ys), None
+    return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, index * chunk, axis)), None
 
   (final, ys), _ = jax.lax.scan(body, (carry, ys), jnp.arange(steps // chunk), reverse=reverse)
-  return final, ys
+  return final, ys.astype(out_dtype[0])
 
 
 def _layout(ys, batch_major):

@@ -248,6 +248,23 @@ def test_chunked_forward_equals_plain_scan(kind, options, monkeypatch):
       np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+def test_chunked_bfloat16_forward(monkeypatch):
+  """bf16 matmuls (float32 params and carries, bf16 outputs) in chunks of 2 steps: the
+  outputs keep their dtype and equal the plain lax.scan path's within bf16 rounding."""
+  cell = recurrent.lstm(H, dtype=jnp.bfloat16)
+  monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", B * 4 * H * 4)
+  monkeypatch.setattr(recurrent.fused, "CHUNK_BYTES", 2 * B * 4 * H * 4)
+  params = cell.init(jax.random.key(0), IN)
+  xs, _ = _data()
+  jaxpr = jax.make_jaxpr(lambda x: recurrent.scan(cell, params, x))(xs)
+  assert sorted(e.params["length"] for e in _scans(jaxpr.jaxpr)) == [2, T // 2]
+  got = jax.jit(lambda p, x: recurrent.scan(cell, p, x))(params, xs)
+  want = jax.jit(lambda p, x: recurrent.scan(cell._replace(pointwise=None), p, x))(params, xs)
+  assert got[1].dtype == want[1].dtype == jnp.bfloat16
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=2e-2)
+
+
 def test_projection_chunk_sizes():
   """Chunks only above CHUNK_ABOVE bytes of projection, as the largest divisor of T under
   CHUNK_BYTES a chunk, and not at all when T has no divisor near that size."""
