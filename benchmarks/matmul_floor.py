@@ -225,10 +225,8 @@ def bench(shape, cell_name, repeats):
       times[k].append(time.perf_counter() - start)
   ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
   flax_vars = {"params": {"cell": convert.to_flax(params)["params"]}}
-  flax_grad = jax.grad(
-    lambda v, x, r: jnp.sum(nn.RNN(flax_cell).apply(v, x) * r), argnums=(0, 1)
-  )  # what build_flax times
-  flax_forward = lambda v, x: nn.RNN(flax_cell).apply(v, x)  # noqa: E731
+  flax_forward = nn.RNN(flax_cell).apply  # what build_flax times, and its gradient:
+  flax_grad = jax.grad(lambda v, x, r: jnp.sum(flax_forward(v, x) * r), argnums=(0, 1))
   memory = {
     "fwd": temp_faults(rec_forward, (params, xs)) + temp_faults(flax_forward, (flax_vars, xs)),
     "fwd+bwd": temp_faults(rec_grad, (params, xs, r)) + temp_faults(flax_grad, (flax_vars, xs, r)),

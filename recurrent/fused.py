@@ -61,45 +61,46 @@ def _masked_h(carry_h, mask):
   return carry_h if mask is None else carry_h * mask
 
 
-def _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
-  num_gates = len(xp)
+def _recur(pointwise, dtype, w_hh, extra, mask, carry, xp_t, valid_t):
+  """One whole step: ``(new_carry, h, hh)``, ``hh`` the recurrent pre-activation."""
+  hh = _cell.dot(_masked_h(carry.h, mask), w_hh, dtype)
+  new, h = _step(pointwise, extra, carry, xp_t, _cell.gate_split(hh, len(xp_t)), valid_t)
+  return new, h, hh
 
+
+def _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
   def body(carry, inputs):
-    xp_t, valid_t = inputs
-    hh = _cell.dot(_masked_h(carry.h, mask), w_hh, dtype)
-    new, h = _step(pointwise, extra, carry, xp_t, _cell.gate_split(hh, num_gates), valid_t)
+    new, h, hh = _recur(pointwise, dtype, w_hh, extra, mask, carry, *inputs)
     return new, (h, (carry, hh))
 
   return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
 
 
 def _primal(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
-  """``(final_carry, ys [T, B..., H])`` without residuals: each step's output is written
-  over the first gate's projection, which no later step reads, so there is no output
-  stack of its own (nor its zero fill). The outputs are cast back to h's own dtype
-  (bfloat16 with ``dtype=bfloat16``) at the end; the buffer has the carry's."""
+  """``(final_carry, ys [T, B..., H], h_dtype)`` without residuals: each step's output is
+  written over the first gate's projection, which no later step reads, so there is no
+  output stack of its own (nor its zero fill). ``ys`` has the carry's dtype; the caller
+  casts it to ``h_dtype`` (bfloat16 with ``dtype=bfloat16``)."""
   if xp[0].dtype != carry.h.dtype or xp[0].shape[0] == 0:
     final, (ys, _) = _forward(
       pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask
     )
-    return final, ys
-  num_gates = len(xp)
-  out_dtype = []  # h's dtype, seen while tracing the body
+    return final, ys, ys.dtype
+  h_dtype = []  # seen while tracing the body
 
   def body(state, inputs):
     carry, buf = state
     t, xp_rest, valid_t = inputs
     xp_t = (jax.lax.dynamic_index_in_dim(buf, t, keepdims=False),) + xp_rest
-    hh = _cell.dot(_masked_h(carry.h, mask), w_hh, dtype)
-    new, h = _step(pointwise, extra, carry, xp_t, _cell.gate_split(hh, num_gates), valid_t)
-    out_dtype[:] = [h.dtype]
+    new, h, _ = _recur(pointwise, dtype, w_hh, extra, mask, carry, xp_t, valid_t)
+    h_dtype[:] = [h.dtype]
     return (new, jax.lax.dynamic_update_index_in_dim(buf, h.astype(buf.dtype), t, 0)), None
 
   steps = jnp.arange(xp[0].shape[0])
   (final, ys), _ = jax.lax.scan(
     body, (carry, xp[0]), (steps, xp[1:], valid), reverse=reverse, unroll=unroll
   )
-  return final, ys.astype(out_dtype[0])
+  return final, ys, h_dtype[0]
 
 
 # The forward alone runs in chunks of time steps when its stacked projection exceeds this
@@ -155,33 +156,31 @@ def recurrence(
     The carry after the last valid step and the outputs ``[T, B..., H]`` (``[B..., T, H]``
     if ``batch_major``).
   """
+  args = (pointwise, reverse, unroll, dtype, w_hh, extra)
   if chunk is None:
-    final, ys = _primal(
-      pointwise, reverse, unroll, dtype, w_hh, extra, carry, project(*inputs), valid, mask
-    )
-    return final, _layout(ys, batch_major)
+    final, ys, h_dtype = _primal(*args, carry, project(*inputs), valid, mask)
+    return final, _layout(ys.astype(h_dtype), batch_major)
 
   # An outer loop over chunks; each projects its k steps and writes its outputs into
   # the final [B..., T, H] (or [T, B..., H]) array in place: no [T, ...] stack but that.
   params, xs, input_mask = inputs
-  steps = xs.shape[0]
-  ys = jnp.zeros(xs.shape[:-1] + w_hh.shape[:1], carry.h.dtype)
-  ys = _layout(ys, batch_major)
-  out_dtype = []  # h's dtype, seen while tracing the body
+  ys = _layout(jnp.zeros(xs.shape[:-1] + w_hh.shape[:1], carry.h.dtype), batch_major)
+  axis = ys.ndim - 2 if batch_major else 0
+  h_dtype = []  # seen while tracing the body
 
   def body(state, index):
     carry, ys = state
     take = lambda a: jax.lax.dynamic_slice_in_dim(a, index * chunk, chunk)  # noqa: E731
     xp = project(params, take(xs), input_mask)
-    take_valid = None if valid is None else take(valid)
-    carry, y = _primal(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, take_valid, mask)
-    out_dtype[:] = [y.dtype]
+    valid_c = None if valid is None else take(valid)
+    carry, y, dtype_c = _primal(*args, carry, xp, valid_c, mask)
+    h_dtype[:] = [dtype_c]
     y = _layout(y.astype(ys.dtype), batch_major)
-    axis = ys.ndim - 2 if batch_major else 0
     return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, index * chunk, axis)), None
 
-  (final, ys), _ = jax.lax.scan(body, (carry, ys), jnp.arange(steps // chunk), reverse=reverse)
-  return final, ys.astype(out_dtype[0])
+  steps = jnp.arange(xs.shape[0] // chunk)
+  (final, ys), _ = jax.lax.scan(body, (carry, ys), steps, reverse=reverse)
+  return final, ys.astype(h_dtype[0])
 
 
 def _layout(ys, batch_major):

@@ -202,6 +202,17 @@ def test_batch_major_gradient_keeps_no_transposed_output_gradient(kind):
   assert temp_bytes(time_major=False) - temp_bytes(time_major=True) <= xs.nbytes
 
 
+def _run_in_chunks_of_two(monkeypatch, cell, params, xs, **options):
+  """Lowers the chunk thresholds so that this float32 forward of T=6 steps runs in chunks
+  of 2 (an outer loop of 3), and checks that it does."""
+  one_step = B * cell.num_gates * H * 4
+  monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", one_step)
+  monkeypatch.setattr(recurrent.fused, "CHUNK_BYTES", 2 * one_step)
+  assert recurrent.fused.projection_chunk(T, one_step) == 2
+  jaxpr = jax.make_jaxpr(lambda x: recurrent.scan(cell, params, x, **options))(xs)
+  assert sorted(e.params["length"] for e in _scans(jaxpr.jaxpr)) == [2, T // 2]
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize(
   "options",
@@ -217,10 +228,6 @@ def test_chunked_forward_equals_plain_scan(kind, options, monkeypatch):
   """With the chunk thresholds lowered so that T=6 runs in chunks of 2 steps (inside an
   outer loop, projection included), outputs and final carry equal the plain lax.scan path;
   gradients still equal it (the backward never chunks)."""
-  one_step = B * {"lstm": 4, "gru": 3}[kind] * H * 4
-  monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", one_step)
-  monkeypatch.setattr(recurrent.fused, "CHUNK_BYTES", 2 * one_step)
-  assert recurrent.fused.projection_chunk(T, one_step) == 2
   cell = getattr(recurrent, kind)(H)
   params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.key(0), IN))
   carry = jax.tree.map(lambda c: c + 0.2, cell.initial_carry((B,)))
@@ -234,9 +241,8 @@ def test_chunked_forward_equals_plain_scan(kind, options, monkeypatch):
     forward = jax.jit(lambda p, h, x: recurrent.scan(c, p, x, initial_carry=h, **options))
     return forward(params, carry, xs)
 
+  _run_in_chunks_of_two(monkeypatch, cell, params, xs, **options)
   chunked = run(cell)
-  jaxpr = jax.make_jaxpr(lambda x: recurrent.scan(cell, params, x, **options))(xs)
-  assert sorted(e.params["length"] for e in _scans(jaxpr.jaxpr)) == [2, T // 2]
   for got, want in zip(
     jax.tree.leaves(chunked), jax.tree.leaves(run(cell._replace(pointwise=None)))
   ):
@@ -252,12 +258,9 @@ def test_chunked_bfloat16_forward(monkeypatch):
   """bf16 matmuls (float32 params and carries, bf16 outputs) in chunks of 2 steps: the
   outputs keep their dtype and equal the plain lax.scan path's within bf16 rounding."""
   cell = recurrent.lstm(H, dtype=jnp.bfloat16)
-  monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", B * 4 * H * 4)
-  monkeypatch.setattr(recurrent.fused, "CHUNK_BYTES", 2 * B * 4 * H * 4)
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
-  jaxpr = jax.make_jaxpr(lambda x: recurrent.scan(cell, params, x))(xs)
-  assert sorted(e.params["length"] for e in _scans(jaxpr.jaxpr)) == [2, T // 2]
+  _run_in_chunks_of_two(monkeypatch, cell, params, xs)
   got = jax.jit(lambda p, x: recurrent.scan(cell, p, x))(params, xs)
   want = jax.jit(lambda p, x: recurrent.scan(cell._replace(pointwise=None), p, x))(params, xs)
   assert got[1].dtype == want[1].dtype == jnp.bfloat16
