@@ -19,8 +19,10 @@ For every shape and cell it times, interleaved in one process (float32, medians)
   (so every column is used). Forward+backward adds a reversed ``lax.scan`` whose step is
   ``dh = (tile(dh, G) + dz_t) @ w_hh^T`` and the three large matmuls after it
   (``dW_hh``, ``dW_ih``, ``dx``);
-* ``stored`` (forward+backward only): the floor plus the stores and loads of the
-  residuals a backward pass keeps (``stored_floor_program``).
+* ``stored``: forward+backward, the floor plus the stores and loads of the residuals a
+  backward pass keeps (``stored_floor_program``); forward, the floor plus the reads of
+  the projection and the writes of the outputs, in ``recurrent``'s chunks of time steps
+  where it runs in chunks (``stored_forward_program``).
 
 A second table gives the temporary buffer of ``recurrent`` and of Flax, forward and
 forward+backward, and how much memory each call page-faults in (``temp_faults``).
@@ -28,10 +30,14 @@ forward+backward, and how much memory each call page-faults in (``temp_faults``)
 No gate nonlinearity in either: if ``floor`` (or ``stored``) alone takes longer than
 PyTorch's whole fused kernel, or longer than 0.75x Flax's whole program, no ``lax.scan``
 implementation on this XLA can reach that target; ``recurrent / stored`` shows what the
-gate maths and the bookkeeping cost on top. One exception: ``floor``'s forward projects all
-T steps at once, so where its projection exceeds ``recurrent.fused.CHUNK_ABOVE`` (32 MiB:
+gate maths and the bookkeeping cost on top. ``floor``'s forward projects all T steps at
+once, so where its projection exceeds ``recurrent.fused.CHUNK_ABOVE`` (32 MiB:
 64,200,256,512 among the defaults) it faults that buffer in at every call, while
-``recurrent``'s forward runs in chunks and does not; there the forward floor is no bound.
+``recurrent``'s forward runs in chunks and does not: there the forward ``floor`` is no
+bound, and the forward ``stored``, which chunks as ``recurrent`` does, is. Both run the
+recurrent matmul batch-major, ``h [B, H] @ w_hh``: where ``recurrent``'s forward runs
+feature-major (``recurrent.fused.feature_major``: B < 64 and H >= 256, 32,100,128,256
+among the defaults) neither bounds that forward.
 
 Run from the repository root::
 
@@ -137,6 +143,39 @@ def stored_floor_program(num_gates: int, hidden: int):
   return forward_backward
 
 
+def stored_forward_program(num_gates: int, hidden: int, chunk):
+  """The forward floor plus the memory traffic any hoisted-projection forward has.
+
+  ``(w_ih, w_hh, xs [T, B, I]) -> hs [T, B, H]``. As ``floor_programs``' forward, but
+  each step reads its projection, ``z = xp_t + h @ w_hh``, and stacks its output; and
+  with ``chunk`` (``recurrent.fused.projection_chunk``, not None where the projection
+  exceeds 32 MiB) it projects and runs ``chunk`` steps at a time inside an outer loop, as
+  ``recurrent``'s forward does, so that its buffer is not faulted in at every call either.
+  Still no nonlinearity and no cell state.
+  """
+
+  def forward(w_ih, w_hh, xs):
+    steps, batch, inputs = xs.shape
+
+    def run(h, x):
+      xp = (x.reshape(-1, inputs) @ w_ih).reshape(x.shape[:2] + (-1,))
+
+      def step(h, xp_t):
+        z = xp_t + h @ w_hh
+        h = sum(z[:, g * hidden : (g + 1) * hidden] for g in range(num_gates))
+        return h, h
+
+      return jax.lax.scan(step, h, xp)
+
+    h = jnp.zeros((batch, hidden), xs.dtype)
+    if chunk is None:
+      return run(h, xs)[1]
+    _, hs = jax.lax.scan(run, h, xs.reshape(steps // chunk, chunk, batch, inputs))
+    return hs.reshape(steps, batch, hidden)
+
+  return forward
+
+
 def temp_faults(fn, args, calls: int = 5) -> tuple:
   """``(temp MB, MB page-faulted in per call)`` of ``jax.jit(fn)(*args)``.
 
@@ -171,11 +210,16 @@ def bench(shape, cell_name, repeats):
   rec_grad = jax.grad(lambda p, x, r: jnp.sum(rec_forward(p, x) * r), argnums=(0, 1))
   floor_fwd, floor_fwd_bwd = floor_programs(num_gates, hidden)
   floor_args = (params.w_ih, params.w_hh, xs_tm, dzs)
+  chunk = recurrent.fused.projection_chunk(steps, batch * num_gates * hidden * 4)
   jitted = {
     ("recurrent", "fwd"): (jax.jit(rec_forward), (params, xs)),
     ("recurrent", "fwd+bwd"): (jax.jit(rec_grad), (params, xs, r)),
     ("floor", "fwd"): (jax.jit(floor_fwd), floor_args),
     ("floor", "fwd+bwd"): (jax.jit(floor_fwd_bwd), floor_args),
+    ("stored", "fwd"): (
+      jax.jit(stored_forward_program(num_gates, hidden, chunk)),
+      (params.w_ih, params.w_hh, xs_tm),
+    ),
     ("stored", "fwd+bwd"): (
       jax.jit(stored_floor_program(num_gates, hidden)),
       (params.w_ih, params.w_hh, xs_tm, jnp.moveaxis(r, 1, 0)),
@@ -251,8 +295,6 @@ def main(argv=None) -> int:
   for shape in args.shapes:
     for cell_name in args.cells:
       ms, memory[(shape, cell_name)] = bench(shape, cell_name, args.repeats)
-      # The forward keeps no residuals: its stored floor is the floor.
-      ms[("stored", "fwd")] = ms[("floor", "fwd")]
       for mode in ("fwd", "fwd+bwd"):
         t, tg, fx, f, st, rec = (
           ms[(k, mode)] for k in ("torch", "torch-generic", "flax", "floor", "stored", "recurrent")

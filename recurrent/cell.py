@@ -66,14 +66,16 @@ class Cell(NamedTuple):
   dtype: Any = None
 
 
-def dot(x: Array, w: Array, dtype) -> Array:
-  """``x @ w`` with operands cast to ``dtype`` and the result in ``w``'s dtype.
+def dot(x: Array, w: Array, dtype, result_dtype=None) -> Array:
+  """``x @ w`` with operands cast to ``dtype`` and the result in ``result_dtype``
+  (default: ``w``'s dtype, the weight's).
 
   With ``dtype=jnp.bfloat16`` and float32 params this is a bf16 matmul accumulating in
   float32, so the gate math and the cell state stay in float32.
   """
-  dtype = w.dtype if dtype is None else dtype
-  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=w.dtype)
+  result_dtype = w.dtype if result_dtype is None else result_dtype
+  dtype = result_dtype if dtype is None else dtype
+  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=result_dtype)
 
 
 def add_bias(y: Array, b: Array) -> Array:

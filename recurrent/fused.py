@@ -27,7 +27,12 @@ or wide sequence it runs in chunks of time steps (:func:`projection_chunk`): an 
 projects k steps, runs them and writes their outputs into the final array, so the temporary
 buffer holds one chunk's projection instead of all T steps'. At (64, 200, 256, 512) the
 LSTM forward's buffer is 19.8 MB and nothing is faulted in, where Flax's 33.8 MB buffer is
-faulted in at every call (``benchmarks/results/matmul_floor_2026-11-26_run3.md``).
+faulted in at every call (``benchmarks/results/matmul_floor_2026-11-26_run3.md``). For a
+small batch (B < 64, H >= 256) on the CPU the forward alone also runs feature-major
+(:func:`feature_major`): carries ``[H, B]`` and the recurrent matmul ``w_hh^T @ h``, which
+XLA:CPU runs up to 2x faster there than ``h @ w_hh``. It computes the cell's projection
+itself, as ``w_ih^T @ (x * mask)^T``: ``cell.project`` is ``(x * mask) @ w_ih`` by the
+:class:`recurrent.Cell` contract.
 
 It serves any cell whose step is ``hh = (h * m) @ w_hh`` followed by pointwise math
 (``cell.pointwise``): the LSTM and the reset-after GRU. The driver falls back to plain
@@ -35,6 +40,7 @@ autodiff for the others (reset-before GRU, one recurrent mask per gate, ``trace`
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -76,30 +82,86 @@ def _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, m
   return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
 
 
-def _primal(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
-  """``(final_carry, ys [T, B..., H], h_dtype)`` without residuals: each step's output is
-  written over the first gate's projection, which no later step reads, so there is no
-  output stack of its own (nor its zero fill). ``ys`` has the carry's dtype; the caller
-  casts it to ``h_dtype`` (bfloat16 with ``dtype=bfloat16``)."""
-  if xp[0].dtype != carry.h.dtype or xp[0].shape[0] == 0:
-    final, (ys, _) = _forward(
-      pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask
-    )
-    return final, ys, ys.dtype
+def _primal(recur, carry, xp, valid, axis, reverse, unroll):
+  """``(final_carry, ys, h_dtype)`` without residuals: each step's output is written over
+  the first gate's projection, which no later step reads, so there is no output stack of
+  its own (nor its zero fill). ``recur(carry, xp_t, valid_t) -> (carry, h)``; ``xp`` and
+  ``ys`` have time on ``axis``. ``ys`` has the carry's dtype; the caller casts it to
+  ``h_dtype`` (bfloat16 with ``dtype=bfloat16``)."""
   h_dtype = []  # seen while tracing the body
 
   def body(state, inputs):
     carry, buf = state
-    t, xp_rest, valid_t = inputs
-    xp_t = (jax.lax.dynamic_index_in_dim(buf, t, keepdims=False),) + xp_rest
-    new, h, _ = _recur(pointwise, dtype, w_hh, extra, mask, carry, xp_t, valid_t)
+    t, valid_t = inputs
+    xp_t = tuple(jax.lax.dynamic_index_in_dim(a, t, axis, False) for a in (buf,) + xp[1:])
+    new, h = recur(carry, xp_t, valid_t)
     h_dtype[:] = [h.dtype]
-    return (new, jax.lax.dynamic_update_index_in_dim(buf, h.astype(buf.dtype), t, 0)), None
+    return (new, jax.lax.dynamic_update_index_in_dim(buf, h.astype(buf.dtype), t, axis)), None
 
-  steps = jnp.arange(xp[0].shape[0])
+  steps = jnp.arange(xp[0].shape[axis])
   (final, ys), _ = jax.lax.scan(
-    body, (carry, xp[0]), (steps, xp[1:], valid), reverse=reverse, unroll=unroll
+    body, (carry, xp[0]), (steps, valid), reverse=reverse, unroll=unroll
   )
+  return final, ys, h_dtype[0]
+
+
+def feature_major(batch: int, hidden: int) -> bool:
+  """Whether the forward alone runs feature-major: carries ``[H, B]``, the recurrent
+  matmul as ``w_hh^T [G*H, H] @ h [H, B]`` and the projections as ``[H, T, B]``.
+
+  On XLA:CPU the usual ``h [B, H] @ w_hh`` runs well below the matmul peak when the
+  batch is small, and the transposed product puts the large dimension G*H where the
+  batch was. Measured LSTM forwards, feature-major time over the usual
+  (``benchmarks/README.md``): 0.43-0.49 at H=1024 and 0.66-0.94 at H=512 for B=16-48,
+  0.84-0.93 at H=256 for B=16-48; 0.97-1.10 at B >= 64, and 0.96-1.23 at H=128. Hence
+  B < 64 and H >= 256, on the CPU only, and never for a single sequence.
+  """
+  return jax.default_backend() == "cpu" and 1 < batch < 64 and hidden >= 256
+
+
+def _project_fm(xs, w_ih_t, mask, num_gates: int, dtype) -> tuple:
+  """``cell.project`` feature-major: ``xs [T, B, I]`` (``mask [B, I]``, or G of them) ->
+  G arrays ``[H, T, B]``, as ``w_ih^T @ (xs * mask)^T`` with ``w_ih_t [G*H, I]``
+  materialised: XLA:CPU runs that form in its matmul library, and the transposed product
+  it would otherwise fold the transposes into about 1.5x slower."""
+  steps, batch, _ = xs.shape
+  masks = mask if isinstance(mask, (tuple, list)) else (mask,) * num_gates
+  return tuple(
+    _cell.dot(w, (xs if m is None else xs * m.astype(xs.dtype)).reshape(steps * batch, -1).T,
+              dtype, w.dtype).reshape(-1, steps, batch)
+    for w, m in zip(jnp.split(w_ih_t, num_gates), masks)
+  )  # fmt: skip
+
+
+def _from_fm(ys, batch_shape: tuple, batch_major: bool):
+  """``[H, T, B]`` -> ``[B..., T, H]`` (``batch_major``) or ``[T, B..., H]``."""
+  hidden, steps = ys.shape[:2]
+  if batch_major:
+    return jnp.transpose(ys, (2, 1, 0)).reshape(batch_shape + (steps, hidden))
+  return jnp.transpose(ys, (1, 2, 0)).reshape((steps,) + batch_shape + (hidden,))
+
+
+def _in_chunks(run, project, to_out, axis, chunk, reverse, carry, xs, valid):
+  """``run(carry, project(xs), valid) -> (final, ys, h_dtype)`` with ``ys`` laid out by
+  ``to_out``; with ``chunk`` (:func:`projection_chunk`), an outer loop over chunks of
+  that many steps, each projecting its steps, running them and writing its outputs into
+  the final array in place (time on ``axis``): no ``[T, ...]`` stack but that."""
+  if chunk is None:
+    final, ys, h_dtype = run(carry, project(xs), valid)
+    return final, to_out(ys), h_dtype
+  ys = to_out(jnp.zeros(jax.eval_shape(project, xs)[0].shape, carry.h.dtype))
+  h_dtype = []  # seen while tracing the body
+
+  def body(state, index):
+    carry, ys = state
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, index * chunk, chunk)  # noqa: E731
+    carry, y, dtype_c = run(carry, project(take(xs)), None if valid is None else take(valid))
+    h_dtype[:] = [dtype_c]
+    y = to_out(y).astype(ys.dtype)
+    return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, index * chunk, axis)), None
+
+  steps = jnp.arange(xs.shape[0] // chunk)
+  (final, ys), _ = jax.lax.scan(body, (carry, ys), steps, reverse=reverse)
   return final, ys, h_dtype[0]
 
 
@@ -145,7 +207,8 @@ def recurrence(
     chunk: None, or k dividing T (:func:`projection_chunk`): the forward, when not
       differentiated, projects and runs k steps at a time. Under ``grad`` the whole
       projection is kept for the backward pass anyway.
-    inputs: ``project``'s arguments ``(params, xs [T, B..., I], input_mask or None)``.
+    inputs: ``project``'s arguments ``(params, xs [T, B..., I], input_mask or None)``;
+      the feature-major forward projects with ``params.w_ih`` itself.
     w_hh: ``[H, G*H]``.
     extra: ``cell.pointwise_params(params)``, the params the pointwise math uses.
     carry: the initial carry, leaves ``[B..., H]``.
@@ -156,31 +219,65 @@ def recurrence(
     The carry after the last valid step and the outputs ``[T, B..., H]`` (``[B..., T, H]``
     if ``batch_major``).
   """
-  args = (pointwise, reverse, unroll, dtype, w_hh, extra)
-  if chunk is None:
-    final, ys, h_dtype = _primal(*args, carry, project(*inputs), valid, mask)
-    return final, _layout(ys.astype(h_dtype), batch_major)
-
-  # An outer loop over chunks; each projects its k steps and writes its outputs into
-  # the final [B..., T, H] (or [T, B..., H]) array in place: no [T, ...] stack but that.
   params, xs, input_mask = inputs
-  ys = _layout(jnp.zeros(xs.shape[:-1] + w_hh.shape[:1], carry.h.dtype), batch_major)
-  axis = ys.ndim - 2 if batch_major else 0
-  h_dtype = []  # seen while tracing the body
+  batch_shape, hidden = carry.h.shape[:-1], carry.h.shape[-1]
+  batch = math.prod(batch_shape)
+  axis = len(batch_shape) if batch_major else 0
+  if xs.shape[0] == 0 or params.w_ih.dtype != carry.h.dtype:  # nothing to write over
+    final, (ys, _) = _forward(
+      pointwise, reverse, unroll, dtype, w_hh, extra, carry, project(*inputs), valid, mask
+    )
+    return final, _layout(ys, batch_major)
+  if not feature_major(batch, hidden):
 
-  def body(state, index):
-    carry, ys = state
-    take = lambda a: jax.lax.dynamic_slice_in_dim(a, index * chunk, chunk)  # noqa: E731
-    xp = project(params, take(xs), input_mask)
-    valid_c = None if valid is None else take(valid)
-    carry, y, dtype_c = _primal(*args, carry, xp, valid_c, mask)
-    h_dtype[:] = [dtype_c]
-    y = _layout(y.astype(ys.dtype), batch_major)
-    return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, index * chunk, axis)), None
+    def recur(carry, xp_t, valid_t):
+      return _recur(pointwise, dtype, w_hh, extra, mask, carry, xp_t, valid_t)[:2]
 
-  steps = jnp.arange(xs.shape[0] // chunk)
-  (final, ys), _ = jax.lax.scan(body, (carry, ys), steps, reverse=reverse)
-  return final, ys.astype(h_dtype[0])
+    final, ys, h_dtype = _in_chunks(
+      functools.partial(_primal, recur, axis=0, reverse=reverse, unroll=unroll),
+      lambda x: project(params, x, input_mask),
+      lambda y: _layout(y, batch_major),
+      axis, chunk, reverse, carry, xs, valid,
+    )  # fmt: skip
+    return final, ys.astype(h_dtype)
+
+  return _feature_major_primal(
+    pointwise, reverse, unroll, dtype, batch_major, chunk, inputs, w_hh, extra, carry, valid,
+    mask,
+  )  # fmt: skip
+
+
+def _feature_major_primal(
+  pointwise, reverse, unroll, dtype, batch_major, chunk, inputs, w_hh, extra, carry, valid,
+  mask,
+):  # fmt: skip
+  """:func:`recurrence`'s forward, feature-major (:func:`feature_major`): every
+  ``[B..., N]`` array as ``[N, B]``, B flattened; ``(final_carry, ys)`` as it returns."""
+  params, xs, input_mask = inputs
+  batch_shape, hidden = carry.h.shape[:-1], carry.h.shape[-1]
+  batch = math.prod(batch_shape)
+  fm = lambda a: jnp.broadcast_to(a, batch_shape + a.shape[-1:]).reshape(batch, -1).T  # noqa: E731
+  w_hh_t, mask_t = w_hh.T, None if mask is None else fm(mask)
+  step = jax.vmap(pointwise, in_axes=(None, 1, 1, 1), out_axes=1)
+
+  def recur_fm(carry, xp_t, valid_t):
+    hh = _cell.dot(w_hh_t, _masked_h(carry.h, mask_t), dtype, w_hh_t.dtype)
+    return _step(step, extra, carry, xp_t, tuple(jnp.split(hh, len(xp_t))), valid_t)
+
+  w_ih_t = jax.lax.optimization_barrier(params.w_ih.T)
+  # The input masks broadcast against xs [T, B..., I], over time.
+  in_fm = lambda m: jnp.broadcast_to(m, (1,) + xs.shape[1:]).reshape(1, batch, -1)  # noqa: E731
+  in_mask = None if input_mask is None else jax.tree.map(in_fm, input_mask)
+  if valid is not None:
+    valid = jnp.swapaxes(valid.reshape(valid.shape[:1] + (batch, 1)), 1, 2)  # [T, 1, B]
+  xs = xs.reshape(xs.shape[:1] + (batch, -1))
+  final, ys, h_dtype = _in_chunks(
+    functools.partial(_primal, recur_fm, axis=1, reverse=reverse, unroll=unroll),
+    lambda x: _project_fm(x, w_ih_t, in_mask, w_hh.shape[1] // hidden, dtype),
+    lambda y: _from_fm(y, batch_shape, batch_major),
+    len(batch_shape) if batch_major else 0, chunk, reverse, jax.tree.map(fm, carry), xs, valid,
+  )  # fmt: skip
+  return jax.tree.map(lambda a: a.T.reshape(carry.h.shape), final), ys.astype(h_dtype)
 
 
 def _layout(ys, batch_major):

@@ -5,8 +5,9 @@ Shape legend: B batch (any leading dims, or none), T time, I input size, H hidde
 The input projection of all T steps is one matmul before the loop (``cell.project``); the
 loop body does the recurrent matmul and the gate math only (``cell.recur``). On the CPU a
 forward that is not differentiated projects long sequences in chunks of steps instead
-(:func:`recurrent.fused.projection_chunk`). Dropout masks
-are drawn once per sequence before the loop (see :mod:`recurrent.dropout`).
+(:func:`recurrent.fused.projection_chunk`), and runs small batches feature-major
+(:func:`recurrent.fused.feature_major`). Dropout masks are drawn once per sequence before
+the loop (see :mod:`recurrent.dropout`).
 """
 
 import math

@@ -298,9 +298,12 @@ def test_chunked_forward_needs_less_temporary_memory(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_forward_writes_outputs_over_the_projection(kind):
-  """Not under grad, the loop carries the first gate's projection ``[T, B, H]`` and writes
-  each output over it: no stacked output (and no zero-filled stack) of its own."""
+@pytest.mark.parametrize("feature_major", [False, True])
+def test_forward_writes_outputs_over_the_projection(kind, feature_major, monkeypatch):
+  """Not under grad, the loop carries the first gate's projection ``[T, B, H]`` (``[H, T,
+  B]`` feature-major) and writes each output over it: no stacked output (and no
+  zero-filled stack) of its own."""
+  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, hidden: feature_major)
   cell = getattr(recurrent, kind)(H)
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
@@ -308,4 +311,76 @@ def test_forward_writes_outputs_over_the_projection(kind):
   (loop,) = _scans(jaxpr.jaxpr)
   num_carry = loop.params["num_carry"]
   assert [v.aval.shape for v in loop.outvars[num_carry:]] == []
-  assert (T, B, H) in [v.aval.shape for v in loop.outvars[:num_carry]]
+  carried = [v.aval.shape for v in loop.outvars[:num_carry]]
+  assert ((H, T, B) if feature_major else (T, B, H)) in carried
+  assert ((H, B) if feature_major else (B, H)) in carried  # the hidden state
+
+
+def test_feature_major_rule():
+  """Feature-major where XLA:CPU's batch-major recurrent matmul was measured slow: a batch
+  of 2 to 63 sequences and H >= 256 (the tests run on the CPU)."""
+  rule = recurrent.fused.feature_major
+  assert rule(32, 256) and rule(2, 1024) and rule(63, 512)
+  assert not rule(1, 256)  # a single sequence
+  assert not rule(64, 512) and not rule(256, 128) and not rule(32, 128)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize(
+  "options",
+  [
+    {},
+    {"reverse": True, "seq_lengths": LENGTHS},
+    {"seq_lengths": LENGTHS, "recurrent_dropout": 0.4, "dropout": 0.3},
+    {"dropout": 0.3, "per_gate_masks": True},
+    {"time_major": True, "reverse": True},
+    {"batch_dims": 2},
+    {"chunks": True, "reverse": True, "seq_lengths": LENGTHS, "dropout": 0.3},
+  ],
+  ids=["plain", "reverse-lengths", "dropout", "untied-inputs", "time-major", "2-batch-dims",
+       "chunked"],
+)  # fmt: skip
+def test_feature_major_forward_equals_plain_scan(kind, options, monkeypatch):
+  """Feature-major (forced: the test's H is small), outputs and final carry equal the plain
+  lax.scan path's, with lengths, reverse, dropout masks (shared or one per gate on the
+  inputs), time-major, two batch dims and in chunks of 2 steps."""
+  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, hidden: True)
+  options = dict(options)
+  cell = getattr(recurrent, kind)(H)
+  params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.key(0), IN))
+  xs, _ = _data()
+  batch_shape = (B,)
+  if options.pop("batch_dims", 1) == 2:
+    xs = jnp.stack([xs, 0.5 * xs[::-1]])
+    batch_shape = (2, B)
+  carry = jax.tree.map(lambda c: c + 0.2, cell.initial_carry(batch_shape))
+  if "dropout" in options:
+    ids = np.arange(np.prod(batch_shape)).reshape(batch_shape)
+    options["key"] = recurrent.sequence_keys(jax.random.key(3), ids)
+  if options.get("time_major"):
+    xs = jnp.swapaxes(xs, 0, 1)
+  if options.pop("chunks", False):
+    _run_in_chunks_of_two(monkeypatch, cell, params, xs, **options)
+
+  def run(c):
+    forward = jax.jit(lambda p, h, x: recurrent.scan(c, p, x, initial_carry=h, **options))
+    return forward(params, carry, xs)
+
+  got, want = run(cell), run(cell._replace(pointwise=None))
+  assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_feature_major_bfloat16_forward(monkeypatch):
+  """bf16 matmuls feature-major: outputs keep bf16 and equal the plain lax.scan path's
+  within bf16 rounding."""
+  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, hidden: True)
+  cell = recurrent.gru(H, dtype=jnp.bfloat16)
+  params = cell.init(jax.random.key(0), IN)
+  xs, _ = _data()
+  got = jax.jit(lambda p, x: recurrent.scan(cell, p, x))(params, xs)
+  want = jax.jit(lambda p, x: recurrent.scan(cell._replace(pointwise=None), p, x))(params, xs)
+  assert got[1].dtype == want[1].dtype == jnp.bfloat16
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=2e-2)
