@@ -81,6 +81,7 @@ DEFAULT_SHAPES = ((32, 100, 128, 256), (64, 200, 256, 512), (256, 50, 64, 128), 
 DROPOUT = 0.25
 TORCH_THREADS = 2
 MIN_REPEATS = 3
+COMPILE_SAMPLES = 3  # compile times are medians of this many
 # Outputs must agree to this absolute difference; gradients to this difference relative
 # to the largest entry of the reference gradient (at least 1), since weight gradients sum
 # B*T terms and grow with them.
@@ -141,9 +142,16 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
 
 
 def _compile(fn, *args):
-  start = time.perf_counter()
+  """``(jax.jit(fn) compiled, seconds)``: the median trace+compile time of
+  COMPILE_SAMPLES more compiles, each of a fresh function (so that JAX's trace cache is not
+  hit), after a first one that pays the process's one-time warm-ups."""
   compiled = jax.jit(fn).lower(*args).compile()
-  return compiled, time.perf_counter() - start
+  seconds = []
+  for _ in range(COMPILE_SAMPLES):
+    start = time.perf_counter()
+    jax.jit(lambda *a: fn(*a)).lower(*args).compile()
+    seconds.append(time.perf_counter() - start)
+  return compiled, statistics.median(seconds)
 
 
 def _jax_impl(forward, variables, xs, r, extra=()):
