@@ -111,16 +111,17 @@ def feature_major(batch: int, hidden: int) -> bool:
 
   On XLA:CPU the usual ``h [B, H] @ w_hh`` runs well below the matmul peak when the
   batch is small, and the transposed product puts the large dimension G*H where the
-  batch was. Measured LSTM forwards, feature-major time over the usual
-  (``benchmarks/README.md``): 0.43-0.49 at H=1024 and 0.66-0.94 at H=512 for B=16-48,
-  0.84-0.93 at H=256 for B=16-48; 0.97-1.10 at B >= 64, and 0.96-1.23 at H=128. Hence
-  B < 64 and H >= 256, on the CPU only, and never for a single sequence.
+  batch was. Measured forwards, feature-major time over the usual, LSTM and GRU
+  (``benchmarks/results/feature_major_2026-11-26.md``): 0.44-0.52 at H=1024 (B=16-32),
+  0.60-0.99 at H=512 (B=8-48), 0.85-1.04 at H=256 (B=16-48); 0.95-1.08 at B >= 64 and
+  0.98-1.55 at H=128 (1.49-1.55 for a single sequence). Hence B from 2 to 63 and
+  H >= 256, on the CPU only.
   """
   return jax.default_backend() == "cpu" and 1 < batch < 64 and hidden >= 256
 
 
 def _project_fm(xs, w_ih_t, mask, num_gates: int, dtype) -> tuple:
-  """``cell.project`` feature-major: ``xs [T, B, I]`` (``mask [B, I]``, or G of them) ->
+  """``cell.project`` feature-major: ``xs [T, B, I]`` (``mask [1, B, I]``, or G of them) ->
   G arrays ``[H, T, B]``, as ``w_ih^T @ (xs * mask)^T`` with ``w_ih_t [G*H, I]``
   materialised: XLA:CPU runs that form in its matmul library, and the transposed product
   it would otherwise fold the transposes into about 1.5x slower."""
