@@ -2,7 +2,7 @@
 
 Shape legend: B batch, T time, I input size, H hidden size.
 
-``recurrent.fused.feature_major(B, H)`` decides whether the forward alone (inference,
+``recurrent.fused.feature_major(B, G*H)`` decides whether the forward alone (inference,
 evaluation: not under ``grad``) runs with ``[H, B]`` carries, the recurrent matmul as
 ``w_hh^T @ h`` and the projections as ``[H, T, B]``. This script compiles
 ``recurrent.scan``'s jitted forward twice per shape and cell, with that rule forced on and
@@ -75,7 +75,7 @@ def bench(shape, cell_name, repeats: int) -> dict:
     "cell": cell_name,
     "median_ms": med,
     "ratio": med["feature-major"] / med["batch-major"],
-    "rule": recurrent.fused.feature_major(batch, hidden),
+    "rule": recurrent.fused.feature_major(batch, cell.num_gates * hidden),
     "max_diff": diff,
     "samples_ms": {name: [1e3 * t for t in s] for name, s in samples.items()},
   }

@@ -28,7 +28,7 @@ projects k steps, runs them and writes their outputs into the final array, so th
 buffer holds one chunk's projection instead of all T steps'. At (64, 200, 256, 512) the
 LSTM forward's buffer is 19.8 MB and nothing is faulted in, where Flax's 33.8 MB buffer is
 faulted in at every call (``benchmarks/results/matmul_floor_2026-11-26_run3.md``). For a
-small batch (B < 64, H >= 256) on the CPU the forward alone also runs feature-major
+small batch (B < 64, G*H >= 1024) on the CPU the forward alone also runs feature-major
 (:func:`feature_major`): carries ``[H, B]`` and the recurrent matmul ``w_hh^T @ h``, which
 XLA:CPU runs up to 2x faster there than ``h @ w_hh``. It computes the cell's projection
 itself, as ``w_ih^T @ (x * mask)^T``: ``cell.project`` is ``(x * mask) @ w_ih`` by the
@@ -105,7 +105,7 @@ def _primal(recur, carry, xp, valid, axis, reverse, unroll):
   return final, ys, h_dtype[0]
 
 
-def feature_major(batch: int, hidden: int) -> bool:
+def feature_major(batch: int, width: int) -> bool:
   """Whether the forward alone runs feature-major: carries ``[H, B]``, the recurrent
   matmul as ``w_hh^T [G*H, H] @ h [H, B]`` and the projections as ``[H, T, B]``.
 
@@ -114,10 +114,11 @@ def feature_major(batch: int, hidden: int) -> bool:
   batch was. Measured forwards, feature-major time over the usual, LSTM and GRU
   (``benchmarks/results/feature_major_2026-11-26.md``): 0.44-0.52 at H=1024 (B=16-32),
   0.60-0.99 at H=512 (B=8-48), 0.85-1.04 at H=256 (B=16-48); 0.95-1.08 at B >= 64 and
-  0.98-1.55 at H=128 (1.49-1.55 for a single sequence). Hence B from 2 to 63 and
-  H >= 256, on the CPU only.
+  0.98-1.55 at H=128 (1.49-1.55 for a single sequence). Hence B from 2 to 63 and a
+  matmul ``width`` G*H of at least 1024 (the LSTM from H=256 on, the GRU from H=342: at
+  H=256 its 768 columns gained 0-7%, not worth the extra compile time), on the CPU only.
   """
-  return jax.default_backend() == "cpu" and 1 < batch < 64 and hidden >= 256
+  return jax.default_backend() == "cpu" and 1 < batch < 64 and width >= 1024
 
 
 def _project_fm(xs, w_ih_t, mask, num_gates: int, dtype) -> tuple:
@@ -221,7 +222,7 @@ def recurrence(
     if ``batch_major``).
   """
   params, xs, input_mask = inputs
-  batch_shape, hidden = carry.h.shape[:-1], carry.h.shape[-1]
+  batch_shape = carry.h.shape[:-1]
   batch = math.prod(batch_shape)
   axis = len(batch_shape) if batch_major else 0
   if xs.shape[0] == 0 or params.w_ih.dtype != carry.h.dtype:  # nothing to write over
@@ -229,7 +230,7 @@ def recurrence(
       pointwise, reverse, unroll, dtype, w_hh, extra, carry, project(*inputs), valid, mask
     )
     return final, _layout(ys, batch_major)
-  if not feature_major(batch, hidden):
+  if not feature_major(batch, w_hh.shape[1]):
 
     def recur(carry, xp_t, valid_t):
       return _recur(pointwise, dtype, w_hh, extra, mask, carry, xp_t, valid_t)[:2]

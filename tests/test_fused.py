@@ -303,7 +303,7 @@ def test_forward_writes_outputs_over_the_projection(kind, feature_major, monkeyp
   """Not under grad, the loop carries the first gate's projection ``[T, B, H]`` (``[H, T,
   B]`` feature-major) and writes each output over it: no stacked output (and no
   zero-filled stack) of its own."""
-  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, hidden: feature_major)
+  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, width: feature_major)
   cell = getattr(recurrent, kind)(H)
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
@@ -318,11 +318,13 @@ def test_forward_writes_outputs_over_the_projection(kind, feature_major, monkeyp
 
 def test_feature_major_rule():
   """Feature-major where XLA:CPU's batch-major recurrent matmul was measured slow: a batch
-  of 2 to 63 sequences and H >= 256 (the tests run on the CPU)."""
+  of 2 to 63 sequences and a recurrent matmul G*H at least 1024 wide (the tests run on
+  the CPU)."""
   rule = recurrent.fused.feature_major
-  assert rule(32, 256) and rule(2, 1024) and rule(63, 512)
-  assert not rule(1, 256)  # a single sequence
-  assert not rule(64, 512) and not rule(256, 128) and not rule(32, 128)
+  assert rule(32, 4 * 256) and rule(2, 4 * 1024) and rule(63, 3 * 512)
+  assert not rule(1, 4 * 256)  # a single sequence
+  assert not rule(32, 3 * 256)  # the GRU at H=256
+  assert not rule(64, 4 * 512) and not rule(256, 4 * 128) and not rule(32, 4 * 128)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -344,7 +346,7 @@ def test_feature_major_forward_equals_plain_scan(kind, options, monkeypatch):
   """Feature-major (forced: the test's H is small), outputs and final carry equal the plain
   lax.scan path's, with lengths, reverse, dropout masks (shared or one per gate on the
   inputs), time-major, two batch dims and in chunks of 2 steps."""
-  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, hidden: True)
+  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, width: True)
   options = dict(options)
   cell = getattr(recurrent, kind)(H)
   params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.key(0), IN))
@@ -375,7 +377,7 @@ def test_feature_major_forward_equals_plain_scan(kind, options, monkeypatch):
 def test_feature_major_bfloat16_forward(monkeypatch):
   """bf16 matmuls feature-major: outputs keep bf16 and equal the plain lax.scan path's
   within bf16 rounding."""
-  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, hidden: True)
+  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, width: True)
   cell = recurrent.gru(H, dtype=jnp.bfloat16)
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
