@@ -41,6 +41,7 @@ autodiff for the others (reset-before GRU, one recurrent mask per gate, ``trace`
 
 import functools
 import math
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -222,49 +223,60 @@ def recurrence(
     if ``batch_major``).
   """
   params, xs, input_mask = inputs
-  batch_shape = carry.h.shape[:-1]
-  batch = math.prod(batch_shape)
-  axis = len(batch_shape) if batch_major else 0
   if xs.shape[0] == 0 or params.w_ih.dtype != carry.h.dtype:  # nothing to write over
     final, (ys, _) = _forward(
       pointwise, reverse, unroll, dtype, w_hh, extra, carry, project(*inputs), valid, mask
     )
     return final, _layout(ys, batch_major)
-  if not feature_major(batch, w_hh.shape[1]):
-
-    def recur(carry, xp_t, valid_t):
-      return _recur(pointwise, dtype, w_hh, extra, mask, carry, xp_t, valid_t)[:2]
-
-    final, ys, h_dtype = _in_chunks(
-      functools.partial(_primal, recur, axis=0, reverse=reverse, unroll=unroll),
+  batch_shape = carry.h.shape[:-1]
+  if feature_major(math.prod(batch_shape), w_hh.shape[1]):
+    lay = _feature_major_layout(
+      pointwise, dtype, batch_major, inputs, w_hh, extra, carry, valid, mask
+    )
+  else:
+    lay = _Layout(
+      lambda c, xp_t, valid_t: _recur(pointwise, dtype, w_hh, extra, mask, c, xp_t, valid_t)[:2],
       lambda x: project(params, x, input_mask),
       lambda y: _layout(y, batch_major),
-      axis, chunk, reverse, carry, xs, valid,
+      0, carry, xs, valid, lambda final: final,
     )  # fmt: skip
-    return final, ys.astype(h_dtype)
-
-  return _feature_major_primal(
-    pointwise, reverse, unroll, dtype, batch_major, chunk, inputs, w_hh, extra, carry, valid,
-    mask,
+  final, ys, h_dtype = _in_chunks(
+    functools.partial(_primal, lay.recur, axis=lay.axis, reverse=reverse, unroll=unroll),
+    lay.project, lay.to_out, len(batch_shape) if batch_major else 0, chunk, reverse,
+    lay.carry, lay.xs, lay.valid,
   )  # fmt: skip
+  return lay.final(final), ys.astype(h_dtype)
 
 
-def _feature_major_primal(
-  pointwise, reverse, unroll, dtype, batch_major, chunk, inputs, w_hh, extra, carry, valid,
-  mask,
-):  # fmt: skip
-  """:func:`recurrence`'s forward, feature-major (:func:`feature_major`): every
-  ``[B..., N]`` array as ``[N, B]``, B flattened; ``(final_carry, ys)`` as it returns."""
+class _Layout(NamedTuple):
+  """How :func:`recurrence`'s forward alone lays out its arrays: ``recur(carry, xp_t,
+  valid_t) -> (carry, h)`` one step, ``project(xs) -> xp`` with time on ``axis``,
+  ``to_out(ys)`` the outputs as returned, ``carry``, ``xs`` and ``valid`` in this layout
+  and ``final(carry)`` the final carry back as returned."""
+
+  recur: Callable
+  project: Callable
+  to_out: Callable
+  axis: int
+  carry: Any
+  xs: jax.Array
+  valid: jax.Array | None
+  final: Callable
+
+
+def _feature_major_layout(pointwise, dtype, batch_major, inputs, w_hh, extra, carry, valid, mask):
+  """The feature-major :class:`_Layout` (:func:`feature_major`): every ``[B..., N]`` array
+  as ``[N, B]``, B flattened, and the projection and outputs as ``[H, T, B]``."""
   params, xs, input_mask = inputs
-  batch_shape, hidden = carry.h.shape[:-1], carry.h.shape[-1]
-  batch = math.prod(batch_shape)
+  batch_shape = carry.h.shape[:-1]
+  batch, num_gates = math.prod(batch_shape), w_hh.shape[1] // carry.h.shape[-1]
   fm = lambda a: jnp.broadcast_to(a, batch_shape + a.shape[-1:]).reshape(batch, -1).T  # noqa: E731
   w_hh_t, mask_t = w_hh.T, None if mask is None else fm(mask)
   step = jax.vmap(pointwise, in_axes=(None, 1, 1, 1), out_axes=1)
 
-  def recur_fm(carry, xp_t, valid_t):
+  def recur(carry, xp_t, valid_t):
     hh = _cell.dot(w_hh_t, _masked_h(carry.h, mask_t), dtype, w_hh_t.dtype)
-    return _step(step, extra, carry, xp_t, tuple(jnp.split(hh, len(xp_t))), valid_t)
+    return _step(step, extra, carry, xp_t, tuple(jnp.split(hh, num_gates)), valid_t)
 
   w_ih_t = jax.lax.optimization_barrier(params.w_ih.T)
   # The input masks broadcast against xs [T, B..., I], over time.
@@ -272,14 +284,13 @@ def _feature_major_primal(
   in_mask = None if input_mask is None else jax.tree.map(in_fm, input_mask)
   if valid is not None:
     valid = jnp.swapaxes(valid.reshape(valid.shape[:1] + (batch, 1)), 1, 2)  # [T, 1, B]
-  xs = xs.reshape(xs.shape[:1] + (batch, -1))
-  final, ys, h_dtype = _in_chunks(
-    functools.partial(_primal, recur_fm, axis=1, reverse=reverse, unroll=unroll),
-    lambda x: _project_fm(x, w_ih_t, in_mask, w_hh.shape[1] // hidden, dtype),
+  return _Layout(
+    recur,
+    lambda x: _project_fm(x, w_ih_t, in_mask, num_gates, dtype),
     lambda y: _from_fm(y, batch_shape, batch_major),
-    len(batch_shape) if batch_major else 0, chunk, reverse, jax.tree.map(fm, carry), xs, valid,
+    1, jax.tree.map(fm, carry), xs.reshape(xs.shape[:1] + (batch, -1)), valid,
+    lambda final: jax.tree.map(lambda a: a.T.reshape(carry.h.shape), final),
   )  # fmt: skip
-  return jax.tree.map(lambda a: a.T.reshape(carry.h.shape), final), ys.astype(h_dtype)
 
 
 def _layout(ys, batch_major):
