@@ -10,10 +10,14 @@ off, checks that both give the same outputs, and times them interleaved in one p
 (float32, medians of ``--repeats`` calls). It prints a markdown table: both medians, their
 ratio (below 1: feature-major is faster) and what the rule picks.
 
+``--per-step`` times the recurrent matmul alone instead: a ``lax.scan`` of T dependent
+steps ``h = tanh(sum of the G column blocks of h @ w_hh)``, batch-major, against the same
+steps as ``w_hh^T @ h`` on ``[H, B]``; it prints microseconds per step and GFLOP/s.
+
 Run from the repository root::
 
     python benchmarks/feature_major.py [--shapes 32,100,128,256 ...] [--cells lstm gru]
-                                       [--repeats N] [--json PATH]
+                                       [--repeats N] [--json PATH] [--per-step]
 """
 
 import argparse
@@ -26,6 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import recurrent  # noqa: E402
@@ -51,14 +56,41 @@ def compiled_forward(cell, params, xs, feature_major: bool):
     recurrent.fused.feature_major = rule
 
 
-def bench(shape, cell_name, repeats: int) -> dict:
+def step_programs(num_gates: int):
+  """The recurrent matmul alone, both orientations: ``f(h [B, H], w [H, G*H]) -> h``
+  after ``len(xs)`` steps (``xs [T]`` only sets T)."""
+
+  def batch_major(h, w, xs):
+    def step(h, _):
+      return jnp.tanh(sum(jnp.split(h @ w, num_gates, axis=1))), None
+
+    return jax.lax.scan(step, h, xs)[0]
+
+  def feature_major(h, w, xs):
+    w_t = w.T
+
+    def step(h_t, _):
+      return jnp.tanh(sum(jnp.split(w_t @ h_t, num_gates, axis=0))), None
+
+    return jax.lax.scan(step, h.T, xs)[0].T
+
+  return {"batch-major": jax.jit(batch_major), "feature-major": jax.jit(feature_major)}
+
+
+def bench(shape, cell_name, repeats: int, per_step: bool = False) -> dict:
   batch, steps, inputs, hidden = shape
   cell = getattr(recurrent, cell_name)(hidden)
-  params = cell.init(jax.random.key(0), inputs)
-  xs = jax.random.normal(jax.random.key(1), (batch, steps, inputs))
-  calls = {name: compiled_forward(cell, params, xs, fm) for name, fm in
-           (("batch-major", False), ("feature-major", True))}  # fmt: skip
-  outputs = [np.asarray(c(params, xs)) for c in calls.values()]
+  if per_step:
+    h = jax.random.normal(jax.random.key(0), (batch, hidden))
+    w = 0.05 * jax.random.normal(jax.random.key(1), (hidden, cell.num_gates * hidden))
+    args = (h, w, jnp.zeros(steps))
+    calls = step_programs(cell.num_gates)
+  else:
+    params = cell.init(jax.random.key(0), inputs)
+    args = (params, jax.random.normal(jax.random.key(1), (batch, steps, inputs)))
+    calls = {name: compiled_forward(cell, *args, fm) for name, fm in
+             (("batch-major", False), ("feature-major", True))}  # fmt: skip
+  outputs = [np.asarray(c(*args)) for c in calls.values()]
   diff = float(np.max(np.abs(outputs[0] - outputs[1])))
   if not diff < 1e-4:
     raise SystemExit(f"MISMATCH {cell_name} {shape}: {diff}")
@@ -67,13 +99,17 @@ def bench(shape, cell_name, repeats: int) -> dict:
     names = list(calls)[rep % 2 :] + list(calls)[: rep % 2]
     for name in names:
       start = time.perf_counter()
-      jax.block_until_ready(calls[name](params, xs))
+      jax.block_until_ready(calls[name](*args))
       samples[name].append(time.perf_counter() - start)
   med = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
+  flops = 2 * batch * hidden * cell.num_gates * hidden * steps  # the recurrent matmuls
   return {
     "shape": list(shape),
     "cell": cell_name,
+    "per_step": per_step,
     "median_ms": med,
+    "us_per_step": {name: 1e3 * m / steps for name, m in med.items()},
+    "gflops": {name: flops / m / 1e6 for name, m in med.items()},
     "ratio": med["feature-major"] / med["batch-major"],
     "rule": recurrent.fused.feature_major(batch, cell.num_gates * hidden),
     "max_diff": diff,
@@ -87,22 +123,28 @@ def main(argv=None) -> int:
   parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
   parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--json", default=None, help="also save every sample here")
+  parser.add_argument("--per-step", action="store_true", help="the recurrent matmul alone")
   args = parser.parse_args(argv)
   shapes = args.shapes or [parse_shape(s) for s in DEFAULT_SHAPES]
   rows = []
-  print(f"jax {jax.__version__}, {jax.default_backend()}, float32, forward only, "
-        f"median ms of {args.repeats} interleaved calls\n")  # fmt: skip
+  what = "recurrent matmul + tanh alone, us per step (GFLOP/s)" if args.per_step else (
+    "forward only, median ms")  # fmt: skip
+  print(f"jax {jax.__version__}, {jax.default_backend()}, float32, {what} of "
+        f"{args.repeats} interleaved calls\n")  # fmt: skip
   print("| B,T,I,H | cell | batch-major | feature-major | fm/bm | rule picks |")
   print("| --- | --- | --- | --- | --- | --- |")
   for shape in shapes:
     for cell_name in args.cells:
-      row = bench(shape, cell_name, args.repeats)
+      row = bench(shape, cell_name, args.repeats, args.per_step)
       rows.append(row)
-      med = row["median_ms"]
+      if args.per_step:
+        us, gf = row["us_per_step"], row["gflops"]
+        cols = [f"{us[n]:.0f} ({gf[n]:.0f})" for n in ("batch-major", "feature-major")]
+      else:
+        cols = [f"{row['median_ms'][n]:.1f}" for n in ("batch-major", "feature-major")]
       print(
-        f"| {','.join(map(str, shape))} | {cell_name.upper()} | {med['batch-major']:.1f} | "
-        f"{med['feature-major']:.1f} | {row['ratio']:.2f} | "
-        f"{'feature' if row['rule'] else 'batch'} |",
+        f"| {','.join(map(str, shape))} | {cell_name.upper()} | {cols[0]} | {cols[1]} | "
+        f"{row['ratio']:.2f} | {'feature' if row['rule'] else 'batch'} |",
         flush=True,
       )
   print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}")
