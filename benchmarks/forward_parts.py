@@ -29,9 +29,7 @@ Run from the repository root::
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,7 +39,7 @@ from flax import linen as nn  # noqa: E402
 
 import recurrent  # noqa: E402
 from benchmarks.feature_major import step_programs  # noqa: E402
-from benchmarks.lstm_cpu import DEFAULT_SHAPES, build_flax, parse_shape  # noqa: E402
+from benchmarks.lstm_cpu import DEFAULT_SHAPES, build_flax, interleaved_ms, parse_shape  # noqa: E402
 
 PARTS = ("projection", "recurrent matmul", "gate maths")
 
@@ -103,15 +101,7 @@ def bench(shape, cell_name, repeats: int) -> dict:
   calls["flax"] = flax_calls["fwd"][0]
   for call in calls.values():
     call()
-  samples = {name: [] for name in calls}
-  names = list(calls)
-  for rep in range(repeats):
-    for name in names[rep % len(names) :] + names[: rep % len(names)]:
-      start = time.perf_counter()
-      calls[name]()
-      samples[name].append(time.perf_counter() - start)
-  med = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
-  return {"shape": list(shape), "cell": cell_name, "median_ms": med}
+  return {"shape": list(shape), "cell": cell_name, "median_ms": interleaved_ms(calls, repeats)}
 
 
 def main(argv=None) -> int:

@@ -108,6 +108,19 @@ def median_ms(seconds) -> float:
   return 1e3 * statistics.median(seconds)
 
 
+def interleaved_ms(calls: dict, repeats: int) -> dict:
+  """Median ms of each ``calls[k]()`` over ``repeats`` rounds, each round calling them all
+  in an order rotated by one, so that no call always follows the same other."""
+  times = {k: [] for k in calls}
+  keys = list(calls)
+  for i in range(repeats):
+    for k in keys[i % len(keys) :] + keys[: i % len(keys)]:
+      start = time.perf_counter()
+      calls[k]()
+      times[k].append(time.perf_counter() - start)
+  return {k: median_ms(v) for k, v in times.items()}
+
+
 # ---------------------------------------------------------------------------------------
 # Matmul peak
 

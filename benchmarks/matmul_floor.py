@@ -47,9 +47,7 @@ Run from the repository root::
 import argparse
 import os
 import resource
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,6 +62,7 @@ from benchmarks.lstm_cpu import (  # noqa: E402
   DEFAULT_SHAPES,
   TORCH_THREADS,
   build_flax,
+  interleaved_ms,
   parse_shape,
 )
 from recurrent import convert  # noqa: E402
@@ -260,14 +259,7 @@ def bench(shape, cell_name, repeats):
   for call in calls.values():
     call()
     call()
-  times = {k: [] for k in calls}
-  keys = list(calls)
-  for i in range(repeats):
-    for k in keys[i % len(keys) :] + keys[: i % len(keys)]:
-      start = time.perf_counter()
-      calls[k]()
-      times[k].append(time.perf_counter() - start)
-  ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+  ms = interleaved_ms(calls, repeats)
   flax_vars = {"params": {"cell": convert.to_flax(params)["params"]}}
   flax_forward = nn.RNN(flax_cell).apply  # what build_flax times, and its gradient:
   flax_grad = jax.grad(lambda v, x, r: jnp.sum(flax_forward(v, x) * r), argnums=(0, 1))
