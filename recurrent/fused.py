@@ -128,12 +128,15 @@ def _project_fm(xs, w_ih_t, mask, num_gates: int, dtype) -> tuple:
   materialised: XLA:CPU runs that form in its matmul library, and the transposed product
   it would otherwise fold the transposes into about 1.5x slower."""
   steps, batch, _ = xs.shape
-  masks = mask if isinstance(mask, (tuple, list)) else (mask,) * num_gates
+  flat_t = lambda m: (xs if m is None else xs * m.astype(xs.dtype)).reshape(steps * batch, -1).T  # noqa: E731
+  if isinstance(mask, (tuple, list)):
+    xs_t = [flat_t(m) for m in mask]
+  else:
+    xs_t = [flat_t(mask)] * num_gates  # one masked copy, shared by the gates
   return tuple(
-    _cell.dot(w, (xs if m is None else xs * m.astype(xs.dtype)).reshape(steps * batch, -1).T,
-              dtype, w.dtype).reshape(-1, steps, batch)
-    for w, m in zip(jnp.split(w_ih_t, num_gates), masks)
-  )  # fmt: skip
+    _cell.dot(w, x_t, dtype, w.dtype).reshape(-1, steps, batch)
+    for w, x_t in zip(jnp.split(w_ih_t, num_gates), xs_t)
+  )
 
 
 def _from_fm(ys, batch_shape: tuple, batch_major: bool):
@@ -144,27 +147,28 @@ def _from_fm(ys, batch_shape: tuple, batch_major: bool):
   return jnp.transpose(ys, (1, 2, 0)).reshape((steps,) + batch_shape + (hidden,))
 
 
-def _in_chunks(run, project, to_out, axis, chunk, reverse, carry, xs, valid):
-  """``run(carry, project(xs), valid) -> (final, ys, h_dtype)`` with ``ys`` laid out by
-  ``to_out``; with ``chunk`` (:func:`projection_chunk`), an outer loop over chunks of
-  that many steps, each projecting its steps, running them and writing its outputs into
-  the final array in place (time on ``axis``): no ``[T, ...]`` stack but that."""
+def _in_chunks(run, lay, chunk, ys, axis, reverse):
+  """``run(lay.carry, lay.project(lay.xs), lay.valid) -> (final, ys, h_dtype)``, ``ys``
+  laid out by ``lay.to_out``. With ``chunk`` (:func:`projection_chunk`), an outer loop over
+  chunks of that many steps, each projecting its steps, running them and writing its
+  outputs in place into ``ys``, the zero outputs as returned (time on ``axis``): no
+  ``[T, ...]`` stack but that."""
   if chunk is None:
-    final, ys, h_dtype = run(carry, project(xs), valid)
-    return final, to_out(ys), h_dtype
-  ys = to_out(jnp.zeros(jax.eval_shape(project, xs)[0].shape, carry.h.dtype))
+    final, ys, h_dtype = run(lay.carry, lay.project(lay.xs), lay.valid)
+    return final, lay.to_out(ys), h_dtype
   h_dtype = []  # seen while tracing the body
 
   def body(state, index):
     carry, ys = state
     take = lambda a: jax.lax.dynamic_slice_in_dim(a, index * chunk, chunk)  # noqa: E731
-    carry, y, dtype_c = run(carry, project(take(xs)), None if valid is None else take(valid))
+    valid = None if lay.valid is None else take(lay.valid)
+    carry, y, dtype_c = run(carry, lay.project(take(lay.xs)), valid)
     h_dtype[:] = [dtype_c]
-    y = to_out(y).astype(ys.dtype)
+    y = lay.to_out(y).astype(ys.dtype)
     return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, index * chunk, axis)), None
 
-  steps = jnp.arange(xs.shape[0] // chunk)
-  (final, ys), _ = jax.lax.scan(body, (carry, ys), steps, reverse=reverse)
+  steps = jnp.arange(lay.xs.shape[0] // chunk)
+  (final, ys), _ = jax.lax.scan(body, (lay.carry, ys), steps, reverse=reverse)
   return final, ys, h_dtype[0]
 
 
@@ -240,10 +244,12 @@ def recurrence(
       lambda y: _layout(y, batch_major),
       0, carry, xs, valid, lambda final: final,
     )  # fmt: skip
+  zeros = None
+  if chunk is not None:
+    zeros = _layout(jnp.zeros(xs.shape[:-1] + w_hh.shape[:1], carry.h.dtype), batch_major)
   final, ys, h_dtype = _in_chunks(
     functools.partial(_primal, lay.recur, axis=lay.axis, reverse=reverse, unroll=unroll),
-    lay.project, lay.to_out, len(batch_shape) if batch_major else 0, chunk, reverse,
-    lay.carry, lay.xs, lay.valid,
+    lay, chunk, zeros, len(batch_shape) if batch_major else 0, reverse,
   )  # fmt: skip
   return lay.final(final), ys.astype(h_dtype)
 
