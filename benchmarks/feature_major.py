@@ -8,7 +8,8 @@ evaluation: not under ``grad``) runs with ``[H, B]`` carries, the recurrent matm
 ``recurrent.scan``'s jitted forward twice per shape and cell, with that rule forced on and
 off, checks that both give the same outputs, and times them interleaved in one process
 (float32, medians of ``--repeats`` calls). It prints a markdown table: both medians, their
-ratio (below 1: feature-major is faster) and what the rule picks.
+ratio (below 1: feature-major is faster), what the rule picks and both compile times
+(trace + XLA compile, median of 3 fresh compiles, as in ``lstm_cpu.py``).
 
 ``--per-step`` times the recurrent matmul alone instead: a ``lax.scan`` of T dependent
 steps ``h = tanh(sum of the G column blocks of h @ w_hh)``, batch-major, against the same
@@ -34,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import recurrent  # noqa: E402
-from benchmarks.lstm_cpu import parse_shape  # noqa: E402
+from benchmarks.lstm_cpu import compile_timed, parse_shape  # noqa: E402
 
 # Small and large batches at H = 128, 256, 512 and 1024, and the issue's four shapes.
 DEFAULT_SHAPES = (
@@ -46,12 +47,12 @@ DEFAULT_SHAPES = (
 
 
 def compiled_forward(cell, params, xs, feature_major: bool):
-  """``recurrent.scan``'s forward, traced and compiled with the rule forced."""
+  """``(compiled, seconds)``: ``recurrent.scan``'s forward traced and compiled with the
+  rule forced, and its median compile time (``lstm_cpu.compile_timed``)."""
   rule = recurrent.fused.feature_major
   recurrent.fused.feature_major = lambda batch, hidden: feature_major
   try:
-    fn = jax.jit(lambda p, x: recurrent.scan(cell, p, x)[1])
-    return fn.lower(params, xs).compile()
+    return compile_timed(lambda p, x: recurrent.scan(cell, p, x)[1], params, xs)
   finally:
     recurrent.fused.feature_major = rule
 
@@ -85,12 +86,14 @@ def bench(shape, cell_name, repeats: int, per_step: bool = False) -> dict:
     width = cell.num_gates * hidden  # scaled so that the steps contract: no chaos to diff
     w = jax.random.normal(jax.random.key(1), (hidden, width)) * (0.5 / width**0.5)
     args = (h, w, jnp.zeros(steps))
-    calls = step_programs(cell.num_gates)
+    calls, compile_s = step_programs(cell.num_gates), None
   else:
     params = cell.init(jax.random.key(0), inputs)
     args = (params, jax.random.normal(jax.random.key(1), (batch, steps, inputs)))
-    calls = {name: compiled_forward(cell, *args, fm) for name, fm in
+    built = {name: compiled_forward(cell, *args, fm) for name, fm in
              (("batch-major", False), ("feature-major", True))}  # fmt: skip
+    calls = {name: c for name, (c, _) in built.items()}
+    compile_s = {name: s for name, (_, s) in built.items()}
   outputs = [np.asarray(c(*args)) for c in calls.values()]
   diff = float(np.max(np.abs(outputs[0] - outputs[1])))
   if not diff < 1e-4:
@@ -109,6 +112,7 @@ def bench(shape, cell_name, repeats: int, per_step: bool = False) -> dict:
     "cell": cell_name,
     "per_step": per_step,
     "median_ms": med,
+    "compile_s": compile_s,
     "us_per_step": {name: 1e3 * m / steps for name, m in med.items()},
     "gflops": {name: flops / m / 1e6 for name, m in med.items()},
     "ratio": med["feature-major"] / med["batch-major"],
@@ -132,8 +136,8 @@ def main(argv=None) -> int:
     "forward only, median ms")  # fmt: skip
   print(f"jax {jax.__version__}, {jax.default_backend()}, float32, {what} of "
         f"{args.repeats} interleaved calls\n")  # fmt: skip
-  print("| B,T,I,H | cell | batch-major | feature-major | fm/bm | rule picks |")
-  print("| --- | --- | --- | --- | --- | --- |")
+  print("| B,T,I,H | cell | batch-major | feature-major | fm/bm | rule picks | compile s bm / fm |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
   for shape in shapes:
     for cell_name in args.cells:
       row = bench(shape, cell_name, args.repeats, args.per_step)
@@ -143,9 +147,11 @@ def main(argv=None) -> int:
         cols = [f"{us[n]:.0f} ({gf[n]:.0f})" for n in ("batch-major", "feature-major")]
       else:
         cols = [f"{row['median_ms'][n]:.1f}" for n in ("batch-major", "feature-major")]
+      comp = row["compile_s"]
+      comp = "–" if comp is None else f"{comp['batch-major']:.2f} / {comp['feature-major']:.2f}"
       print(
         f"| {','.join(map(str, shape))} | {cell_name.upper()} | {cols[0]} | {cols[1]} | "
-        f"{row['ratio']:.2f} | {'feature' if row['rule'] else 'batch'} |",
+        f"{row['ratio']:.2f} | {'feature' if row['rule'] else 'batch'} | {comp} |",
         flush=True,
       )
   print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}")

@@ -154,7 +154,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
 # for the check, {mode: outputs / gradients as NumPy in recurrent's layout}.
 
 
-def _compile(fn, *args):
+def compile_timed(fn, *args):
   """``(jax.jit(fn) compiled, seconds)``: the median trace+compile time of
   COMPILE_SAMPLES more compiles, each of a fresh function (so that JAX's trace cache is not
   hit), after a first one that pays the process's one-time warm-ups."""
@@ -174,8 +174,8 @@ def _jax_impl(forward, variables, xs, r, extra=()):
     return jnp.sum(forward(v, x, *extra) * r)
 
   grad = jax.grad(loss, argnums=(0, 1))
-  fwd_c, fwd_s = _compile(forward, variables, xs, *extra)
-  grad_c, grad_s = _compile(grad, variables, xs, r, *extra)
+  fwd_c, fwd_s = compile_timed(forward, variables, xs, *extra)
+  grad_c, grad_s = compile_timed(grad, variables, xs, r, *extra)
   calls = {
     "fwd": (lambda: jax.block_until_ready(fwd_c(variables, xs, *extra)), fwd_s),
     "fwd+bwd": (lambda: jax.block_until_ready(grad_c(variables, xs, r, *extra)), grad_s),
