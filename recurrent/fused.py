@@ -135,16 +135,22 @@ def feature_major(batch: int, width: int) -> bool:
   """Whether the forward alone runs feature-major: carries ``[H, B]``, the recurrent
   matmul as ``w_hh^T [G*H, H] @ h [H, B]`` and the projections as ``[H, T, B]``.
 
-  On XLA:CPU the usual ``h [B, H] @ w_hh`` runs well below the matmul peak when the
-  batch is small, and the transposed product puts the large dimension G*H where the
-  batch was. Measured forwards, feature-major time over the usual, LSTM and GRU
-  (``benchmarks/results/feature_major_2026-11-26.md``): 0.44-0.52 at H=1024 (B=16-32),
-  0.60-0.99 at H=512 (B=8-48), 0.85-1.04 at H=256 (B=16-48); 0.95-1.08 at B >= 64 and
-  0.98-1.55 at H=128 (1.49-1.55 for a single sequence). Hence B from 2 to 63 and a
-  matmul ``width`` G*H of at least 1024 (the LSTM from H=256 on, the GRU from H=342: at
-  H=256 its 768 columns gained 0-7%, not worth the extra compile time), on the CPU only.
+  On XLA:CPU the usual ``h [B, H] @ w_hh`` can run well below the matmul peak when the
+  batch is small, and the transposed product puts the large dimension G*H where the batch
+  was. How much that pays depends on the host. Feature-major forward time over the usual
+  (``benchmarks/feature_major.py``), LSTM and GRU:
+
+  * 2-vCPU Zen 4 host, jnp.dot peak 182-196 GFLOP/s, the kind PERFORMANCE-NOTES describes
+    (``benchmarks/results/feature_major_2026-11-26_zen4.md``): 0.81-0.89 at H=1024 and
+    B=16-32, but 0.91-1.16 at B=8 or 48, 0.95-1.04 at H=768 and 0.98-1.60 at H=256-512;
+  * a slower 2-vCPU EPYC host, jnp.dot peak 108-116 GFLOP/s
+    (``benchmarks/results/feature_major_2026-11-26.md``): 0.44-0.52 at H=1024 (B=16-32),
+    0.60-0.99 at H=512 (B=8-48), 0.85-1.04 at H=256 (B=16-48).
+
+  Hence only where it paid on both: B from 16 to 32 and a matmul ``width`` G*H of at
+  least 3072 (the LSTM from H=768, the GRU from H=1024), on the CPU only.
   """
-  return jax.default_backend() == "cpu" and 1 < batch < 64 and width >= 1024
+  return jax.default_backend() == "cpu" and 16 <= batch <= 32 and width >= 3072
 
 
 def _project_fm(xs, w_ih_t, mask, num_gates: int, dtype) -> tuple:
