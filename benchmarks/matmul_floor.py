@@ -36,8 +36,8 @@ once, so where its projection exceeds ``recurrent.fused.CHUNK_ABOVE`` (32 MiB:
 ``recurrent``'s forward runs in chunks and does not: there the forward ``floor`` is no
 bound, and the forward ``stored``, which chunks as ``recurrent`` does, is. Both run the
 recurrent matmul batch-major, ``h [B, H] @ w_hh``: where ``recurrent``'s forward runs
-feature-major (``recurrent.fused.feature_major``: B < 64 and G*H >= 1024, 32,100,128,256
-among the defaults) neither bounds that forward.
+feature-major (``recurrent.fused.feature_major``: B from 16 to 32 and G*H >= 3072, none
+of the defaults; 32,100,128,256 until 2026-11-26's Zen 4 runs) neither bounds that forward.
 
 Run from the repository root::
 

@@ -28,9 +28,9 @@ projects k steps, runs them and writes their outputs into the final array, so th
 buffer holds one chunk's projection instead of all T steps'. At (64, 200, 256, 512) the
 LSTM forward's buffer is 19.8 MB and nothing is faulted in, where Flax's 33.8 MB buffer is
 faulted in at every call (``benchmarks/results/matmul_floor_2026-11-26_run3.md``). For a
-small batch (B < 64, G*H >= 1024) on the CPU the forward alone also runs feature-major
+batch of 16 to 32 and G*H >= 3072 on the CPU the forward alone also runs feature-major
 (:func:`feature_major`): carries ``[H, B]`` and the recurrent matmul ``w_hh^T @ h``, which
-XLA:CPU runs up to 2x faster there than ``h @ w_hh``. It computes the cell's projection
+XLA:CPU runs faster there than ``h @ w_hh``. It computes the cell's projection
 itself, as ``w_ih^T @ (x * mask)^T``: ``cell.project`` is ``(x * mask) @ w_ih`` by the
 :class:`recurrent.Cell` contract.
 
