@@ -35,14 +35,19 @@ compared with ``recurrent``'s; a mismatch stops the run with a non-zero exit sta
 
 Timing: trace+compile is timed once (``jax.jit(f).lower(...).compile()``), every
 implementation is called twice to warm up (once for the check), then the implementations of one
-(shape, cell, mode) run round-robin, in a rotating order, ``--repeats`` times each (fewer,
-but at least ``MIN_REPEATS``, once a row has used ``--row-seconds``, so that a loaded
-machine cannot stretch the run without bound); each call ends with ``block_until_ready``.
+(shape, cell, mode) run in rounds, each in a fresh random order (seeded), ``--repeats``
+times each (fewer, but at least ``MIN_REPEATS``, once a row has used ``--row-seconds``, so
+that a loaded machine cannot stretch the run without bound); each call ends with
+``block_until_ready``. (Until run 11 of 2026-11-26 the rounds ran one order rotated by one,
+in which every call but a round's first follows the same other: Keras's calls followed
+PyTorch's, whose OpenMP threads still spin for some ms after a call; see ``timed_rounds``.)
 Reported: median milliseconds and n, the number of calls it is the median of. The
 machine's float32 matmul peak (a 2048x2048 ``jnp.dot`` and ``torch.mm``) is measured
 before and after the rows; recurrent's GFLOP/s (forward ``2*B*T*(I+H)*G*H`` flops, 3x that
-for forward+backward) is given as a share of the higher ``jnp.dot`` figure. A large gap
-between the two peak figures means the load changed during the run.
+for forward+backward) is given as a share of the higher ``jnp.dot`` figure, and next to it
+the GFLOP/s at which ``recurrent`` would meet both speed targets of the row (1.0x PyTorch's
+time and 0.75x Flax's): above 100% of the peak no implementation could meet both. A large
+gap between the two peak figures means the load changed during the run.
 
 Run from the repository root::
 
@@ -60,6 +65,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -91,6 +97,9 @@ GRAD_RTOL = 1e-4
 IMPLS = ("recurrent", "rec+dropout", "flax", "flax-opt", "torch", "keras", "keras+dropout")
 KERAS_INSTALL = "pip install -e '.[bench]'"
 MODES = ("fwd", "fwd+bwd")
+# The speed targets: recurrent's time at most this share of PyTorch's and of Flax's.
+TARGET_VS_TORCH = 1.0
+TARGET_VS_FLAX = 0.75
 
 
 class MismatchError(AssertionError):
@@ -108,17 +117,33 @@ def median_ms(seconds) -> float:
   return 1e3 * statistics.median(seconds)
 
 
-def interleaved_ms(calls: dict, repeats: int) -> dict:
-  """Median ms of each ``calls[k]()`` over ``repeats`` rounds, each round calling them all
-  in an order rotated by one, so that no call always follows the same other."""
-  times = {k: [] for k in calls}
-  keys = list(calls)
-  for i in range(repeats):
-    for k in keys[i % len(keys) :] + keys[: i % len(keys)]:
+def timed_rounds(calls: dict, repeats: int, seconds: float | None = None) -> dict:
+  """Seconds of each ``calls[k]()``, as lists: ``repeats`` rounds (fewer, but at least
+  ``MIN_REPEATS``, once ``seconds`` have passed), each calling them all in a fresh random
+  order (seeded), so that no call always follows the same other.
+
+  PyTorch's OpenMP threads spin for some ms after a call before they sleep (libgomp's
+  GOMP_SPINCOUNT) and slow whatever runs next: recurrent's GRU forward at 32,100,128,256
+  took 19.7 ms right after a PyTorch call and 15.0 ms after 10 ms of idling (2026-11-26,
+  Zen 4 host). Idling before every call instead of shuffling slowed the short calls more,
+  PyTorch's most: its LSTM forward at 1,1000,64,128 went from 4.3 to 12.0 ms
+  (``results/lstm_cpu_2026-11-26_run12_pause.json``)."""
+  rng = random.Random(0)
+  samples = {k: [] for k in calls}
+  started = time.perf_counter()
+  for rep in range(repeats):
+    for k in rng.sample(list(calls), len(calls)):
       start = time.perf_counter()
       calls[k]()
-      times[k].append(time.perf_counter() - start)
-  return {k: median_ms(v) for k, v in times.items()}
+      samples[k].append(time.perf_counter() - start)
+    if seconds is not None and rep + 1 >= MIN_REPEATS and time.perf_counter() - started > seconds:
+      break
+  return samples
+
+
+def interleaved_ms(calls: dict, repeats: int) -> dict:
+  """Median ms of each ``calls[k]()`` over ``repeats`` rounds of :func:`timed_rounds`."""
+  return {k: median_ms(v) for k, v in timed_rounds(calls, repeats).items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,20 +493,10 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
     fns = {impl: c[mode][0] for impl, c in calls.items()}
     for fn in fns.values():  # a second call (the check made the first): allocations, caches
       fn()
-    names = list(fns)
-    samples = {impl: [] for impl in names}
     gc.collect()
     gc.disable()
-    row_start = time.perf_counter()
     try:
-      for rep in range(repeats):
-        k = rep % len(names)
-        for impl in names[k:] + names[:k]:
-          start = time.perf_counter()
-          fns[impl]()
-          samples[impl].append(time.perf_counter() - start)
-        if rep + 1 >= MIN_REPEATS and time.perf_counter() - row_start > row_seconds:
-          break
+      samples = timed_rounds(fns, repeats, row_seconds)
     finally:
       gc.enable()
     flops = flops_fwd * (1 if mode == "fwd" else 3)
@@ -522,6 +537,16 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
 # Output
 
 
+def target_gflops(row) -> float:
+  """The GFLOP/s at which ``recurrent`` would meet both speed targets of the row:
+  ``TARGET_VS_TORCH`` x PyTorch's time and ``TARGET_VS_FLAX`` x Flax's (OptimizedLSTMCell
+  for the LSTM). All implementations do the row's flops; above the machine's matmul peak,
+  no implementation could meet both."""
+  med = row["median_ms"]
+  flax = med.get("flax-opt", med["flax"])
+  return row["flops"] / (min(TARGET_VS_TORCH * med["torch"], TARGET_VS_FLAX * flax) * 1e-3) / 1e9
+
+
 def table(rows, peak) -> str:
   head = [
     "B,T,I,H",
@@ -541,6 +566,7 @@ def table(rows, peak) -> str:
     "dropout/no-dropout",
     "Keras dropout/no-dropout",
     "rec GFLOP/s (% of jnp.dot peak)",
+    "GFLOP/s the targets need (% of peak)",
     "compile s: rec / drop / flax / flax-opt / Keras / Keras+drop",
   ]
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -552,7 +578,7 @@ def table(rows, peak) -> str:
       return f"{med[impl]:.1f}" if impl in med else dash
 
     flax_ratio = next(v for k, v in ratios.items() if k.startswith("recurrent/flax"))
-    gflops = row["recurrent_gflops"]
+    gflops, need = row["recurrent_gflops"], target_gflops(row)
     compile_text = " / ".join(
       f"{comp[i]:.2f}" if i in comp else dash
       for i in ("recurrent", "rec+dropout", "flax", "flax-opt", "keras", "keras+dropout")
@@ -579,6 +605,7 @@ def table(rows, peak) -> str:
       ratio("dropout/no-dropout"),
       ratio("keras dropout/no-dropout"),
       f"{gflops:.0f} ({100 * gflops / peak:.0f}%)",
+      f"{need:.0f} ({100 * need / peak:.0f}%)",
       compile_text,
     ]
     lines.append("| " + " | ".join(cells) + " |")
