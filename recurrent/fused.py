@@ -361,8 +361,8 @@ def _recurrence_bwd(
   def body(acc, t, inputs):
     d_carry, d_extra, buf, hs = acc
     carry, xp_t, valid_t = inputs
-    if hs is not None:  # h_{t-1} from the loop's own buffer, overwritten with h_{t-1} * m
-      carry = carry._replace(h=_index(hs, t, 0))
+    carry = carry._replace(h=_index(hs, t, 0))
+    if mask is not None:  # read h_{t-1}, then overwrite it with h_{t-1} * m
       hs = _update_index(hs, carry.h * mask, t, 0)
     hh = _index(buf, t, 0)
     dy = _index(d_ys, t, time_axis)
@@ -382,15 +382,15 @@ def _recurrence_bwd(
     buf = _update_index(buf, dz, t, 0)
     return (dc, jax.tree.map(jnp.add, d_extra, de), buf, hs), own
 
-  # With a recurrent mask the weight gradient needs (h * m)^T dz. The loop writes each
-  # h_{t-1} * m over h_{t-1} once it has read it, rather than the product being one more
-  # [T, B..., H] buffer after the loop: that buffer took the LSTM's at (32, 100, 128, 256)
-  # from 33.1 to 36.2 MB, over glibc's mmap threshold, faulted in at every call.
-  hs = None if mask is None else carries.h
-  xs = (carries if mask is None else carries._replace(h=None), xp, valid)
+  # The stored h_{t-1} ride in the loop's carry: with a recurrent mask the weight gradient
+  # needs (h * m)^T dz, and the loop writes each h_{t-1} * m over h_{t-1} once it has read
+  # it, rather than the product being one more [T, B..., H] buffer after the loop: that
+  # buffer took the LSTM's at (32, 100, 128, 256) from 33.1 to 36.2 MB, over glibc's mmap
+  # threshold, faulted in at every call.
+  xs = (carries._replace(h=None), xp, valid)
   zeros_extra = jax.tree.map(jnp.zeros_like, extra)
   (d_carry, d_extra, dzs, hs), d_own = _scan_indexed(
-    body, (d_final, zeros_extra, hhs, hs), xs, hhs.shape[0], not reverse, unroll
+    body, (d_final, zeros_extra, hhs, carries.h), xs, hhs.shape[0], not reverse, unroll
   )
   d_own = iter(d_own)
   d_xp = tuple(
@@ -398,7 +398,7 @@ def _recurrence_bwd(
     for dz, x, s in zip(_cell.gate_split(dzs, num_gates), xp, shared)
   )
   hidden = w_hh.shape[0]
-  hm = (carries.h if mask is None else hs).reshape(-1, hidden)
+  hm = hs.reshape(-1, hidden)  # h, or h * m
   d_w_hh = _cell.dot(hm.T, dzs.reshape(-1, dzs.shape[-1]), dtype).astype(w_hh.dtype)
   d_mask = None if mask is None else jnp.zeros_like(mask)
   return pull(d_xp), d_w_hh, d_extra, d_carry, None, d_mask
