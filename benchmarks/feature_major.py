@@ -7,9 +7,10 @@ evaluation: not under ``grad``) runs with ``[H, B]`` carries, the recurrent matm
 ``w_hh^T @ h`` and the projections as ``[H, T, B]``. This script compiles
 ``recurrent.scan``'s jitted forward twice per shape and cell, with that rule forced on and
 off, checks that both give the same outputs, and times them interleaved in one process
-(float32, medians of ``--repeats`` calls). It prints a markdown table: both medians, their
-ratio (below 1: feature-major is faster), what the rule picks and both compile times
-(trace + XLA compile, median of 3 fresh compiles, as in ``lstm_cpu.py``).
+(float32, medians of ``--repeats`` calls in random order, ``lstm_cpu.timed_rounds``). It
+prints a markdown table: both medians, their ratio (below 1: feature-major is faster), what
+the rule picks and both compile times (trace + XLA compile, median of 3 fresh compiles, as
+in ``lstm_cpu.py``).
 
 ``--per-step`` times the recurrent matmul alone instead: a ``lax.scan`` of T dependent
 steps ``h = tanh(sum of the G column blocks of h @ w_hh)``, batch-major, against the same
@@ -24,9 +25,7 @@ Run from the repository root::
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,7 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import recurrent  # noqa: E402
-from benchmarks.lstm_cpu import compile_timed, parse_shape  # noqa: E402
+from benchmarks.lstm_cpu import compile_timed, median_ms, parse_shape, timed_rounds  # noqa: E402
 
 # Small and large batches at H = 128, 256, 512 and 1024, and the issue's four shapes.
 DEFAULT_SHAPES = (
@@ -50,7 +49,7 @@ def compiled_forward(cell, params, xs, feature_major: bool):
   """``(compiled, seconds)``: ``recurrent.scan``'s forward traced and compiled with the
   rule forced, and its median compile time (``lstm_cpu.compile_timed``)."""
   rule = recurrent.fused.feature_major
-  recurrent.fused.feature_major = lambda batch, hidden: feature_major
+  recurrent.fused.feature_major = lambda batch, width: feature_major
   try:
     return compile_timed(lambda p, x: recurrent.scan(cell, p, x)[1], params, xs)
   finally:
@@ -98,14 +97,10 @@ def bench(shape, cell_name, repeats: int, per_step: bool = False) -> dict:
   diff = float(np.max(np.abs(outputs[0] - outputs[1])))
   if not diff < 1e-4:
     raise SystemExit(f"MISMATCH {cell_name} {shape}: {diff}")
-  samples = {name: [] for name in calls}
-  for rep in range(repeats):
-    names = list(calls)[rep % 2 :] + list(calls)[: rep % 2]
-    for name in names:
-      start = time.perf_counter()
-      jax.block_until_ready(calls[name](*args))
-      samples[name].append(time.perf_counter() - start)
-  med = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
+  samples = timed_rounds(
+    {name: (lambda c=c: jax.block_until_ready(c(*args))) for name, c in calls.items()}, repeats
+  )
+  med = {name: median_ms(s) for name, s in samples.items()}
   flops = 2 * batch * hidden * cell.num_gates * hidden * steps  # the recurrent matmuls
   return {
     "shape": list(shape),
