@@ -5,21 +5,23 @@ Shape legend: B batch (any leading dims, or none), T time, H hidden size, G gate
 Differentiating ``lax.scan`` directly accumulates the gradient of ``w_hh`` with one small
 ``[H, B] @ [B, G*H]`` matmul per step. Here the backward recurrence only keeps each step's
 gradient of the recurrent pre-activation ``dz_t [B..., G*H]``, and the weight gradient is
-one large matmul after the loop: ``dW_hh = sum_t (h_{t-1} * m)^T dz_t``. For the gates
-where the cell adds projection and recurrent pre-activation (every LSTM gate, the GRU's r
-and z) the gradient of the hoisted input projection is ``dz_t`` itself and is not stored
-again; ``recurrent.cell.gate_dots`` turns it into one matmul for ``w_ih`` and one for
-the inputs.
+one large matmul after the loop: ``dW_hh = sum_t (h_{t-1} * m)^T dz_t``; the projection's
+gradients ``[T, B..., G*H]`` give one matmul for ``w_ih`` and one for the inputs.
 
-The backward loop writes ``dz_t`` over the forward's stored ``hh_t = (h_{t-1} * m) @ w_hh``
-(same shape, read just before in the same step) instead of into a stack of its own, and
-with batch-major outputs it reads each step's output gradient from ``[B..., T, H]`` where it
-lies instead of from a transposed copy. Both keep XLA's temporary buffer small: XLA:CPU
-allocates it afresh at every call, and one above glibc's mmap threshold (32 MiB at most) is
+Under ``grad`` the projection is one array ``[T, B..., G*H]``, and the loops write over it
+instead of keeping stacks of their own. Where the cell uses projection ``x`` and recurrent
+pre-activation ``r = (h_{t-1} * m) @ w_hh`` only as their sum (every LSTM gate), the
+forward writes each step's ``x + r`` over ``x``, and the backward, which needs only that
+sum, writes ``dz_t`` (the gradient of both) over it. Otherwise (the GRU's candidate gate
+needs ``r`` apart) the forward stacks ``r`` too, and the backward writes the projection's
+gradient over ``x`` and ``dz_t`` over ``r``. With batch-major outputs the backward loop
+reads each step's output gradient from ``[B..., T, H]`` where it lies instead of from a
+transposed copy. All of it keeps XLA's temporary buffer small: XLA:CPU allocates it
+afresh at every call, and one above glibc's mmap threshold (32 MiB at most) is
 page-faulted in again at every call (``benchmarks/matmul_floor.py`` prints both). At
-(B, T, I, H) = (32, 100, 128, 256) the forward + backward buffer is 33.1 MB (LSTM) and
-32.8 MB (GRU), under the threshold, where Flax's needs 47.6 and 35.8 MB
-(``benchmarks/results/matmul_floor_2026-11-26_run2.md``).
+(B, T, I, H) = (32, 100, 128, 256) the forward + backward buffer is 20.0 MB (LSTM) and
+23.3 MB (GRU), where Flax's needs 47.6 and 35.8 MB
+(``benchmarks/results/matmul_floor_2026-11-26_zen4.md``).
 
 The forward alone (not under ``grad``) writes each step's output over the first gate's
 projection, which no later step reads, instead of into a stack of its own; and for a long
@@ -333,15 +335,74 @@ def _layout(ys, batch_major):
   return jnp.moveaxis(ys, 0, -2) if batch_major else ys
 
 
+def _sums_only(pointwise, dtype, w_hh, extra, mask, carry, xp, valid) -> bool:
+  """Whether the step uses each gate's projection ``x`` and recurrent pre-activation ``r``
+  only as their sum ``x + r``, of one dtype (every LSTM gate; not the GRU's n). Found by
+  tracing the step's vjp abstractly: JAX hands both operands of an add the same cotangent
+  object. Then the forward under ``grad`` keeps ``x + r`` over ``x`` and nothing else,
+  and one gradient serves both."""
+  found = []
+
+  def probe(extra, carry, xp_t, valid_t):
+    hh = _cell.gate_split(_cell.dot(_masked_h(carry.h, mask), w_hh, dtype), len(xp_t))
+    out, vjp = jax.vjp(lambda x, r: _step(pointwise, extra, carry, x, r, valid_t), xp_t, hh)
+    dx, dr = vjp(out)
+    found[:] = [all(a is b and x.dtype == r.dtype for a, b, x, r in zip(dx, dr, xp_t, hh))]
+
+  xp_t = _cell.gate_split(xp[0], w_hh.shape[1] // w_hh.shape[0])
+  jax.eval_shape(probe, extra, carry, xp_t, None if valid is None else valid[0])
+  return found[0]
+
+
+def _project_rows(project, dtype, params, xs, input_mask):
+  """The projection as one array ``[T, B..., G*H]`` (one matmul, as ``cell.project`` is
+  ``(x * mask) @ w_ih`` by the :class:`recurrent.Cell` contract), and its vjp."""
+  if isinstance(input_mask, (tuple, list)):  # a mask per gate: a matmul per gate
+    rows = lambda p, x, m: jnp.concatenate(project(p, x, m), axis=-1)  # noqa: E731
+  else:
+
+    def rows(p, x, m):
+      x = x if m is None else x * m.astype(x.dtype)
+      flat = _cell.dot(x.reshape(-1, x.shape[-1]), p.w_ih, dtype)  # 2-D: no transposes
+      return flat.reshape(x.shape[:-1] + flat.shape[-1:])
+
+  return jax.vjp(rows, params, xs, input_mask)
+
+
 def _recurrence_fwd(
   pointwise, project, reverse, unroll, dtype, batch_major, chunk, inputs, w_hh, extra, carry,
   valid, mask,
 ):  # fmt: skip
-  xp, pull = jax.vjp(project, *inputs)
-  final, (ys, (carries, hhs)) = _forward(
-    pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask
+  """The forward under ``grad``. Residuals: the carries before every step and the
+  projection ``[T, B..., G*H]``; where the cell only sums projection and recurrent
+  pre-activation (:func:`_sums_only`), each step's ``x + r`` written over ``x``, else a
+  stack of ``r [T, B..., G*H]`` besides."""
+  xp, pull = _project_rows(project, dtype, *inputs)
+  sums = _sums_only(pointwise, dtype, w_hh, extra, mask, carry, xp, valid)
+  num_gates = w_hh.shape[1] // w_hh.shape[0]
+  # Step t reads its row from the loop's carry, writes the sums over it and reads row t + 1
+  # of the updated array for the next step. Had it read its own row from the array and
+  # written after the math, the write would not depend on the read, and XLA would copy the
+  # whole array at every step to keep them apart.
+  ahead = -1 if reverse else 1
+
+  def body(state, t, valid_t):
+    carry, xp, xp_t = state
+    hh = _cell.dot(_masked_h(carry.h, mask), w_hh, dtype)
+    if sums:
+      xp_t, hh = xp_t + hh, jnp.zeros_like(hh)
+      xp = _update_index(xp, xp_t, t, 0)
+    split = lambda a: _cell.gate_split(a, num_gates)  # noqa: E731
+    new, h = _step(pointwise, extra, carry, split(xp_t), split(hh), valid_t)
+    own = None if sums else hh
+    return (new, xp, _index(xp, t + ahead, 0)), (h, (carry, own))  # t + ahead clamped
+
+  first = xp[-1 if reverse else 0]
+  (final, xp, _), (ys, (carries, hhs)) = _scan_indexed(
+    body, (carry, xp, first), valid, xp.shape[0], reverse, unroll
   )
-  return (final, _layout(ys, batch_major)), (pull, w_hh, extra, carries, hhs, xp, valid, mask)
+  residuals = (pull, w_hh, extra, carries, hhs, xp, valid, mask)
+  return (final, _layout(ys, batch_major)), residuals
 
 
 def _recurrence_bwd(
@@ -351,57 +412,61 @@ def _recurrence_bwd(
   d_final, d_ys = cotangents
   time_axis = d_ys.ndim - 2 if batch_major else 0
   w_hh_t = w_hh.T
-  num_gates = len(xp)
-  # Per gate, whether the gradient of its projection is that of its recurrent
-  # pre-activation: true wherever the cell adds the two (all LSTM gates, the GRU's r and
-  # z). Those are not stacked twice; found while tracing the body (JAX hands both
-  # operands of an add the same cotangent object).
-  shared = []
+  num_gates = w_hh.shape[1] // w_hh.shape[0]
+  split = lambda a: _cell.gate_split(a, num_gates)  # noqa: E731
+  ahead = -1 if reverse else 1  # the forward's direction
 
+  # Each step reads its rows and writes the gradients over them: the projection's over
+  # the projection (or the sums), and the recurrent pre-activation's ``dz_t`` over ``r``
+  # where there is a stack of ``r`` (with sums the two gradients are one). The stored
+  # h_{t-1} ride in the loop's carry: with a recurrent mask the weight gradient needs
+  # (h * m)^T dz, and the loop writes each h_{t-1} * m over h_{t-1}, rather than the
+  # product being one more [T, B..., H] buffer after the loop (that buffer took the LSTM's
+  # at (32, 100, 128, 256) over glibc's mmap threshold, faulted in at every call). That
+  # step reads h_{t-1} the step before, after the write: as for the forward's sums, a
+  # write that did not depend on every read of the array would make XLA copy it whole at
+  # every step (the GRU's pointwise math reads h_{t-1} too).
   def body(acc, t, inputs):
-    d_carry, d_extra, buf, hs = acc
-    carry, xp_t, valid_t = inputs
-    carry = carry._replace(h=_index(hs, t, 0))
-    if mask is not None:  # read h_{t-1}, then overwrite it with h_{t-1} * m
-      hs = _update_index(hs, carry.h * mask, t, 0)
-    hh = _index(buf, t, 0)
+    d_carry, d_extra, dxs, dzs, hs, h_t = acc
+    carry, valid_t = inputs
+    if mask is None:
+      h_t = _index(hs, t, 0)
+    else:  # h_t read the step before, after that step's write
+      hs = _update_index(hs, h_t * mask, t, 0)
+    carry = carry._replace(h=h_t)
+    xp_t = _index(dxs, t, 0)
+    hh_t = jnp.zeros_like(xp_t) if dzs is None else _index(dzs, t, 0)
     dy = _index(d_ys, t, time_axis)
     _, vjp = jax.vjp(
-      lambda e, c, x, z: _step(pointwise, e, c, x, z, valid_t),
-      extra,
-      carry,
-      xp_t,
-      _cell.gate_split(hh, num_gates),
-    )
+      lambda e, c, x, r: _step(pointwise, e, c, x, r, valid_t),
+      extra, carry, split(xp_t), split(hh_t),
+    )  # fmt: skip
     de, dc, dx, dz = vjp((d_carry, dy))
-    shared[:] = [a is b for a, b in zip(dx, dz)]
     dz = jnp.concatenate(dz, axis=-1)
     dh = _cell.dot(dz, w_hh_t, dtype)
     dc = dc._replace(h=dc.h + _masked_h(dh, mask))
-    own = tuple(d for d, s in zip(dx, shared) if not s)
-    buf = _update_index(buf, dz, t, 0)
-    return (dc, jax.tree.map(jnp.add, d_extra, de), buf, hs), own
+    dxs = _update_index(dxs, jnp.concatenate(dx, axis=-1).astype(dxs.dtype), t, 0)
+    if dzs is not None:
+      dzs = _update_index(dzs, dz.astype(dzs.dtype), t, 0)
+    h_next = None if mask is None else _index(hs, t - ahead, 0)  # clamped at the end
+    return (dc, jax.tree.map(jnp.add, d_extra, de), dxs, dzs, hs, h_next), None
 
-  # The stored h_{t-1} ride in the loop's carry: with a recurrent mask the weight gradient
-  # needs (h * m)^T dz, and the loop writes each h_{t-1} * m over h_{t-1} once it has read
-  # it, rather than the product being one more [T, B..., H] buffer after the loop: that
-  # buffer took the LSTM's at (32, 100, 128, 256) from 33.1 to 36.2 MB, over glibc's mmap
-  # threshold, faulted in at every call.
-  xs = (carries._replace(h=None), xp, valid)
   zeros_extra = jax.tree.map(jnp.zeros_like, extra)
-  (d_carry, d_extra, dzs, hs), d_own = _scan_indexed(
-    body, (d_final, zeros_extra, hhs, carries.h), xs, hhs.shape[0], not reverse, unroll
+  h_first = None if mask is None else carries.h[0 if reverse else -1]
+  (d_carry, d_extra, dxs, dzs, hs, _), _ = _scan_indexed(
+    body,
+    (d_final, zeros_extra, xp, hhs, carries.h, h_first),
+    (carries._replace(h=None), valid),
+    xp.shape[0],
+    not reverse,
+    unroll,
   )
-  d_own = iter(d_own)
-  d_xp = tuple(
-    dz.astype(x.dtype) if s else next(d_own)
-    for dz, x, s in zip(_cell.gate_split(dzs, num_gates), xp, shared)
-  )
+  dzs = dxs if dzs is None else dzs
   hidden = w_hh.shape[0]
   hm = hs.reshape(-1, hidden)  # h, or h * m
   d_w_hh = _cell.dot(hm.T, dzs.reshape(-1, dzs.shape[-1]), dtype).astype(w_hh.dtype)
   d_mask = None if mask is None else jnp.zeros_like(mask)
-  return pull(d_xp), d_w_hh, d_extra, d_carry, None, d_mask
+  return pull(dxs), d_w_hh, d_extra, d_carry, None, d_mask
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

@@ -4,6 +4,8 @@ Reference: the same cell with ``pointwise=None``, which makes the driver differe
 plain ``lax.scan`` over ``cell.recur``; values and gradients must agree.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,22 +162,58 @@ def _scans(jaxpr):
         yield from _scans(inner)
 
 
-@pytest.mark.parametrize("kind, own", [("lstm", 0), ("gru", 1)])
-def test_backward_loop_stacks_projection_gradients_only_where_needed(kind, own):
-  """The backward loop writes ``dz [T, B, G*H]`` over the stored recurrent pre-activations
-  (a carry of the loop, not a stack of its own) and stacks only the projection gradients
-  that differ from ``dz``: none for the LSTM, the GRU's candidate gate."""
+@pytest.mark.parametrize("kind, sums", [("lstm", True), ("gru", False)])
+def test_gradient_keeps_one_row_array_per_kind_of_pre_activation(kind, sums):
+  """Under ``grad`` the forward loop writes each step's ``x + r`` over the projection
+  ``[T, B, G*H]`` where the cell only sums them (the LSTM) and stacks nothing that wide;
+  the GRU, whose candidate gate needs ``r`` apart, stacks ``r [T, B, G*H]`` once. The
+  backward loop writes the gradients over those same arrays and stacks nothing."""
   cell = getattr(recurrent, kind)(H)
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
   jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(recurrent.scan(cell, p, xs)[1])))(params)
-  backward = [e for e in _scans(jaxpr.jaxpr) if e.params["reverse"]]
-  assert len(backward) == 1
-  num_carry = backward[0].params["num_carry"]
-  carried = [v.aval.shape for v in backward[0].outvars[:num_carry]]
-  stacked = [v.aval.shape for v in backward[0].outvars[num_carry:]]
-  assert carried.count((T, B, cell.num_gates * H)) == 1
-  assert stacked == [(T, B, H)] * own
+  scans = list(_scans(jaxpr.jaxpr))
+  assert [e.params["reverse"] for e in scans] == [False, True]
+  wide = (T, B, cell.num_gates * H)
+  # Without sums the forward loop leaves the projection as it is: JAX passes it in as a
+  # constant, not a carry.
+  for scan, carried_wide, stacked_wide in zip(scans, [sums, 1 + (not sums)], [not sums, 0]):
+    num_carry = scan.params["num_carry"]
+    carried = [v.aval.shape for v in scan.outvars[:num_carry]]
+    stacked = [v.aval.shape for v in scan.outvars[num_carry:]]
+    assert carried.count(wide) == carried_wide
+    assert stacked.count(wide) == stacked_wide
+  assert not scans[1].outvars[scans[1].params["num_carry"] :]
+
+
+def _loop_bodies(hlo: str) -> list:
+  """The text of every while loop body in XLA's optimised HLO."""
+  bodies = set(re.findall(r"while\([^)]*\), condition=%[\w.\-]+, body=%([\w.\-]+)", hlo))
+  comps = re.findall(r"^%([\w.\-]+) .*?\{\n(.*?)\n\}", hlo, re.S | re.M)
+  found = [text for name, text in comps if name in bodies]
+  assert len(found) == len(bodies) > 0
+  return found
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_gradient_loops_copy_no_whole_array(kind, rate):
+  """XLA copies a loop-carried ``[T, ...]`` array at every step when a step writes into it
+  without the write depending on the step's reads of it (the GRU's recurrent-dropout
+  backward did, doubling its cost). No loop may copy an array with T rows."""
+  cell = getattr(recurrent, kind)(64)
+  params = cell.init(jax.random.key(0), 8)
+  xs = jax.ShapeDtypeStruct((16, 50, 8), jnp.float32)
+  keys = recurrent.sequence_keys(jax.random.key(1), 16)
+
+  def loss(p, x, k):
+    return jnp.sum(recurrent.scan(cell, p, x, recurrent_dropout=rate, key=k)[1])
+
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs, keys).compile().as_text()
+  bodies = _loop_bodies(hlo)
+  assert len(bodies) >= 2  # the forward and the backward loop (and the masks' PRNG)
+  rows = [int(r) for body in bodies for r in re.findall(r"= \w+\[(\d+)[^\]]*\]\S* copy\(", body)]
+  assert rows and max(rows) < 50, rows
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
