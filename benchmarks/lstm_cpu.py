@@ -8,7 +8,7 @@ with respect to params AND inputs) of:
 
 * ``recurrent``: ``recurrent.scan(recurrent.lstm(H), params, xs)`` under ``jax.jit``;
 * ``rec+dropout``: the same with ``dropout=0.25, recurrent_dropout=0.25`` and one key per
-  sequence from ``recurrent.sequence_keys`` (LSTM only);
+  sequence from ``recurrent.sequence_keys``;
 * ``flax`` / ``flax-opt``: ``nn.RNN(nn.LSTMCell(H))`` / ``nn.RNN(nn.OptimizedLSTMCell(H))``
   under ``jax.jit`` (``nn.GRUCell`` for the GRU, which has no optimised variant);
 * ``torch``: ``nn.LSTM(I, H, batch_first=True)`` / ``nn.GRU`` with 2 threads; forward under
@@ -22,11 +22,11 @@ with respect to params AND inputs) of:
   cell (implementation 2, the input matmul inside the step) and the GRU ``keras.backend.gru``'s
   ``lax.scan`` with the input projection hoisted; the ``unroll`` of every ``lax.scan`` in the
   traced forward pass is recorded. ``--skip-keras`` leaves Keras out;
-* ``keras+dropout``: the Keras LSTM with its own ``dropout=0.25, recurrent_dropout=0.25`` and
+* ``keras+dropout``: the Keras LSTM / GRU with its own ``dropout=0.25, recurrent_dropout=0.25`` and
   ``training=True`` (its SeedGenerator state is a non-trainable variable; the masks differ
   from recurrent's, so only the output shape and a difference from Keras without dropout are
-  checked; LSTM only, like ``rec+dropout``). ``recurrent_dropout`` switches Keras to its
-  generic loop with implementation 1 (four input and four recurrent matmuls per step).
+  checked). ``recurrent_dropout`` switches Keras's LSTM to its generic loop with
+  implementation 1 (four input and four recurrent matmuls per step).
 
 All use the same weights (``recurrent.convert.to_flax`` / ``to_torch``, and ``from_torch``
 must give them back; Keras's LSTM kernels have recurrent's gate order, its GRU's the order
@@ -461,8 +461,8 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
   r = jax.random.normal(k_r, (batch, steps, hidden), jnp.float32)
 
   builders = {"recurrent": lambda: build_recurrent(cell, params, xs, r)}
+  builders["rec+dropout"] = lambda: build_dropout(cell, params, xs, r)
   if cell_name == "lstm":
-    builders["rec+dropout"] = lambda: build_dropout(cell, params, xs, r)
     builders["flax"] = lambda: build_flax(nn.LSTMCell(hidden), params, xs, r)
     builders["flax-opt"] = lambda: build_flax(nn.OptimizedLSTMCell(hidden), params, xs, r)
   else:
@@ -470,8 +470,7 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
   builders["torch"] = lambda: build_torch(cell_name, params, xs, r)
   if keras:
     builders["keras"] = lambda: build_keras(cell_name, params, xs, r)
-    if cell_name == "lstm":
-      builders["keras+dropout"] = lambda: build_keras(cell_name, params, xs, r, dropout=True)
+    builders["keras+dropout"] = lambda: build_keras(cell_name, params, xs, r, dropout=True)
 
   calls, results = {}, {}
   for impl, build in builders.items():
