@@ -104,35 +104,42 @@ def stored_floor_program(num_gates: int, hidden: int):
 
   ``(w_ih, w_hh, xs [T, B, I], dys [T, B, H])``. As ``floor_programs``, but the forward
   step also adds the projection, ``a = x_t + h @ w_hh``, carries a second state ``e``
-  (the LSTM's cell state; for the GRU, the candidate's recurrent part) and stacks ``a``,
-  ``e`` and ``h``: (G+2)*H floats a step, what any backward pass that does not
-  recompute the forward must keep. The backward step reads them back with one multiply
-  each, ``dz_t = tile(dh + dy_t) * a_t``, ``dh = dz_t @ w_hh^T + dh * e_t``, and stacks
-  ``dz_t`` for the three large matmuls. Still no nonlinearity: only the stores, loads
-  and zero-filled stacks that ``lax.scan`` adds on top of the matmuls.
+  (the LSTM's cell state; for the GRU, the candidate's recurrent part), writes ``a`` over
+  ``x_t`` in the projection array and stacks ``e`` and ``h``: (G+2)*H floats a step, what
+  any backward pass that does not recompute the forward must keep (``recurrent`` keeps
+  the same for the LSTM, and G*H more for the GRU). The backward step reads them back
+  with one multiply each, ``dz_t = tile(dh + dy_t) * a_t``, ``dh = dz_t @ w_hh^T + dh *
+  e_t``, and writes ``dz_t`` over ``a_t`` for the three large matmuls. Still no
+  nonlinearity: only the stores and loads (and the zero-filled stacks of ``lax.scan``) on
+  top of the matmuls. Each step reads its row of the array at the end of the step before,
+  after that step's write, as ``recurrent`` does: otherwise XLA copies the whole array at
+  every step (``recurrent/fused.py``).
   """
 
   def forward_backward(w_ih, w_hh, xs, dys):
     steps, batch, inputs = xs.shape
     xp = (xs.reshape(-1, inputs) @ w_ih).reshape(steps, batch, -1)
 
-    def step(carry, xp_t):
-      h, e = carry
-      a = xp_t + h @ w_hh
+    def step(carry, t):
+      h, e, xp, a = carry
+      a = a + h @ w_hh
+      xp = jax.lax.dynamic_update_index_in_dim(xp, a, t, 0)
       e = e + a[:, :hidden]
       h = e + sum(a[:, g * hidden : (g + 1) * hidden] for g in range(1, num_gates))
-      return (h, e), (h, e, a)
+      return (h, e, xp, jax.lax.dynamic_index_in_dim(xp, t + 1, 0, False)), (h, e)
 
     zeros = jnp.zeros((batch, hidden), xs.dtype)
-    _, (hs, es, stored) = jax.lax.scan(step, (zeros, zeros), xp)
+    (_, _, stored, _), (hs, es) = jax.lax.scan(step, (zeros, zeros, xp, xp[0]), jnp.arange(steps))
     w_hh_t = w_hh.T
 
-    def back(dh, inputs):
-      a, e, dy = inputs
-      dz = jnp.tile(dh + dy, (1, num_gates)) * a
-      return dz @ w_hh_t + dh * e, dz
+    def back(carry, inputs):
+      dh, dzs = carry
+      t, e, dy = inputs
+      dz = jnp.tile(dh + dy, (1, num_gates)) * jax.lax.dynamic_index_in_dim(dzs, t, 0, False)
+      dzs = jax.lax.dynamic_update_index_in_dim(dzs, dz, t, 0)
+      return (dz @ w_hh_t + dh * e, dzs), None
 
-    dh, dzs = jax.lax.scan(back, zeros, (stored, es, dys), reverse=True)
+    (dh, dzs), _ = jax.lax.scan(back, (zeros, stored), (jnp.arange(steps), es, dys), reverse=True)
     flat = dzs.reshape(-1, dzs.shape[-1])
     d_w_hh = hs.reshape(-1, hidden).T @ flat
     d_w_ih = xs.reshape(-1, inputs).T @ flat
