@@ -100,18 +100,9 @@ def _scan_indexed(body, init, xs, length: int, reverse: bool, unroll=1):
 
 
 def _recur(pointwise, dtype, w_hh, extra, mask, carry, xp_t, valid_t):
-  """One whole step: ``(new_carry, h, hh)``, ``hh`` the recurrent pre-activation."""
+  """One whole step: ``(new_carry, h)``."""
   hh = _cell.dot(_masked_h(carry.h, mask), w_hh, dtype)
-  new, h = _step(pointwise, extra, carry, xp_t, _cell.gate_split(hh, len(xp_t)), valid_t)
-  return new, h, hh
-
-
-def _forward(pointwise, reverse, unroll, dtype, w_hh, extra, carry, xp, valid, mask):
-  def body(carry, inputs):
-    new, h, hh = _recur(pointwise, dtype, w_hh, extra, mask, carry, *inputs)
-    return new, (h, (carry, hh))
-
-  return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
+  return _step(pointwise, extra, carry, xp_t, _cell.gate_split(hh, len(xp_t)), valid_t)
 
 
 def _primal(recur, carry, xp, valid, axis, reverse, unroll):
@@ -260,9 +251,9 @@ def recurrence(
   """
   params, xs, input_mask = inputs
   if xs.shape[0] == 0 or params.w_ih.dtype != carry.h.dtype:  # nothing to write over
-    final, (ys, _) = _forward(
-      pointwise, reverse, unroll, dtype, w_hh, extra, carry, project(*inputs), valid, mask
-    )
+    recur = functools.partial(_recur, pointwise, dtype, w_hh, extra, mask)
+    body = lambda c, inputs: recur(c, *inputs)  # noqa: E731
+    final, ys = jax.lax.scan(body, carry, (project(*inputs), valid), reverse=reverse, unroll=unroll)
     return final, _layout(ys, batch_major)
   batch_shape = carry.h.shape[:-1]
   if feature_major(math.prod(batch_shape), w_hh.shape[1]):
@@ -271,7 +262,7 @@ def recurrence(
     )
   else:
     lay = _Layout(
-      lambda c, xp_t, valid_t: _recur(pointwise, dtype, w_hh, extra, mask, c, xp_t, valid_t)[:2],
+      functools.partial(_recur, pointwise, dtype, w_hh, extra, mask),
       lambda x: project(params, x, input_mask),
       lambda y: _layout(y, batch_major),
       0, carry, xs, valid, lambda final: final,
