@@ -200,7 +200,8 @@ def _loop_bodies(hlo: str) -> list:
 def test_gradient_loops_copy_no_whole_array(kind, rate):
   """XLA copies a loop-carried ``[T, ...]`` array at every step when a step writes into it
   without the write depending on the step's reads of it (the GRU's recurrent-dropout
-  backward did, doubling its cost). No loop may copy an array with T rows."""
+  backward did: 13% of its forward + backward at (32, 100, 128, 256)). No loop may copy
+  an array with T rows."""
   cell = getattr(recurrent, kind)(64)
   params = cell.init(jax.random.key(0), 8)
   xs = jax.ShapeDtypeStruct((16, 50, 8), jnp.float32)
@@ -213,7 +214,7 @@ def test_gradient_loops_copy_no_whole_array(kind, rate):
   bodies = _loop_bodies(hlo)
   assert len(bodies) >= 2  # the forward and the backward loop (and the masks' PRNG)
   rows = [int(r) for body in bodies for r in re.findall(r"= \w+\[(\d+)[^\]]*\]\S* copy\(", body)]
-  assert rows and max(rows) < 50, rows
+  assert all(r < 50 for r in rows), rows
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
