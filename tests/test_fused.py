@@ -447,3 +447,18 @@ def test_feature_major_bfloat16_forward(monkeypatch):
   assert got[1].dtype == want[1].dtype == jnp.bfloat16
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=2e-2)
+
+
+def test_recurrent_mask_as_keep_and_scale_equals_the_product():
+  """The fused loops apply the recurrent mask as ``where(keep, h, 0) * scale`` (a bool
+  array reads a quarter of the bytes); for masks as ``recurrent.dropout.masks`` draws
+  them, all-dropped ones included, that equals ``h * mask`` exactly."""
+  h = jax.random.normal(jax.random.key(0), (64, 32))
+  keys = recurrent.sequence_keys(jax.random.key(1), 64)
+  for rate in (0.25, 0.9):
+    (mask,) = recurrent.dropout.masks(keys, 32, rate)
+    assert 0 < float(jnp.mean(mask == 0)) < 1
+    got = recurrent.fused._masked_h(h, recurrent.fused._as_mask(mask))
+    np.testing.assert_array_equal(got, h * mask)
+  none = jnp.zeros((64, 32))
+  np.testing.assert_array_equal(recurrent.fused._masked_h(h, recurrent.fused._as_mask(none)), 0)
