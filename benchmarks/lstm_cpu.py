@@ -125,8 +125,8 @@ def timed_rounds(calls: dict, repeats: int, seconds: float | None = None) -> dic
   PyTorch's OpenMP threads spin for some ms after a call before they sleep (libgomp's
   GOMP_SPINCOUNT) and slow whatever runs next: recurrent's GRU forward at 32,100,128,256
   took 19.7 ms right after a PyTorch call and 15.0 ms after 10 ms of idling (2026-11-26,
-  Zen 4 host). Idling before every call instead of shuffling slowed the short calls more,
-  PyTorch's most: its LSTM forward at 1,1000,64,128 went from 4.3 to 12.0 ms
+  Zen 4 host, a one-off script). Idling before every call instead of shuffling slowed the
+  short calls more, PyTorch's most: its LSTM forward at 1,1000,64,128 went from 4.3 to 12.0 ms
   (``results/lstm_cpu_2026-11-26_run12_pause.json``)."""
   rng = random.Random(0)
   samples = {k: [] for k in calls}

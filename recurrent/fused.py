@@ -20,8 +20,8 @@ transposed copy. All of it keeps XLA's temporary buffer small: XLA:CPU allocates
 afresh at every call, and one above glibc's mmap threshold (32 MiB at most) is
 page-faulted in again at every call (``benchmarks/matmul_floor.py`` prints both). At
 (B, T, I, H) = (32, 100, 128, 256) the forward + backward buffer is 20.0 MB (LSTM) and
-23.3 MB (GRU), where Flax's needs 47.6 and 35.8 MB
-(``benchmarks/results/matmul_floor_2026-11-26_zen4.md``).
+23.2 MB (GRU), where Flax's needs 47.6 and 35.8 MB
+(``benchmarks/results/matmul_floor_2026-11-26_zen4_run2.md``).
 
 The forward alone (not under ``grad``) writes each step's output over the first gate's
 projection, which no later step reads, instead of into a stack of its own; and for a long
@@ -70,8 +70,8 @@ class _Mask(NamedTuple):
   """A recurrent dropout mask whose entries are 0 or one ``scale`` (as
   ``recurrent.dropout.masks`` draws them), held as which units it keeps, bool ``[B..., H]``,
   and that scale: ``h * mask`` as ``where(keep, h, 0) * scale`` reads a quarter of the
-  bytes at every step, which took the cost of recurrent dropout in the LSTM's forward at
-  (256, 50, 64, 128) from 1.13x to 1.05x of none (README, run 16)."""
+  bytes at every step. The LSTM's forward with both dropouts at (256, 50, 64, 128) took
+  1.15x its time without in ``benchmarks/lstm_cpu.py`` run 15 and 1.05x in run 16."""
 
   keep: jax.Array
   scale: jax.Array
@@ -396,6 +396,7 @@ def _recurrence_fwd(
   # written after the math, the write would not depend on the read, and XLA would copy the
   # whole array at every step to keep them apart.
   ahead = -1 if reverse else 1
+  split = lambda a: _cell.gate_split(a, num_gates)  # noqa: E731
 
   def body(state, t, valid_t):
     carry, xp, xp_t = state
@@ -403,7 +404,6 @@ def _recurrence_fwd(
     if sums:
       xp_t, hh = xp_t + hh, jnp.zeros_like(hh)
       xp = _update_index(xp, xp_t, t, 0)
-    split = lambda a: _cell.gate_split(a, num_gates)  # noqa: E731
     new, h = _step(pointwise, extra, carry, split(xp_t), split(hh), valid_t)
     own = None if sums else hh
     return (new, xp, _index(xp, t + ahead, 0)), (h, (carry, own))  # t + ahead clamped

@@ -177,12 +177,14 @@ def test_gradient_keeps_one_row_array_per_kind_of_pre_activation(kind, sums):
   wide = (T, B, cell.num_gates * H)
   # Without sums the forward loop leaves the projection as it is: JAX passes it in as a
   # constant, not a carry.
-  for scan, carried_wide, stacked_wide in zip(scans, [sums, 1 + (not sums)], [not sums, 0]):
+  carried_wide = (1, 1) if sums else (0, 2)  # forward loop, backward loop
+  stacked_wide = (0, 0) if sums else (1, 0)
+  for scan, carried_n, stacked_n in zip(scans, carried_wide, stacked_wide):
     num_carry = scan.params["num_carry"]
     carried = [v.aval.shape for v in scan.outvars[:num_carry]]
     stacked = [v.aval.shape for v in scan.outvars[num_carry:]]
-    assert carried.count(wide) == carried_wide
-    assert stacked.count(wide) == stacked_wide
+    assert carried.count(wide) == carried_n
+    assert stacked.count(wide) == stacked_n
   assert not scans[1].outvars[scans[1].params["num_carry"] :]
 
 
@@ -200,8 +202,8 @@ def _loop_bodies(hlo: str) -> list:
 def test_gradient_loops_copy_no_whole_array(kind, rate):
   """XLA copies a loop-carried ``[T, ...]`` array at every step when a step writes into it
   without the write depending on the step's reads of it (the GRU's recurrent-dropout
-  backward did: 13% of its forward + backward at (32, 100, 128, 256)). No loop may copy
-  an array with T rows."""
+  backward did: 13% of its forward + backward at (32, 100, 128, 256), in a one-off A/B).
+  No loop may copy an array with T rows."""
   cell = getattr(recurrent, kind)(64)
   params = cell.init(jax.random.key(0), 8)
   xs = jax.ShapeDtypeStruct((16, 50, 8), jnp.float32)
