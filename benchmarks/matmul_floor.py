@@ -105,11 +105,13 @@ def stored_floor_program(num_gates: int, hidden: int):
   ``(w_ih, w_hh, xs [T, B, I], dys [T, B, H])``. As ``floor_programs``, but the forward
   step also adds the projection, ``a = x_t + h @ w_hh``, carries a second state ``e``
   (the LSTM's cell state; for the GRU, the candidate's recurrent part), writes ``a`` over
-  ``x_t`` in the projection array and stacks ``e`` and ``h``: (G+2)*H floats a step, what
-  any backward pass that does not recompute the forward must keep (``recurrent`` keeps
-  the same for the LSTM, and G*H more for the GRU). The backward step reads them back
-  with one multiply each, ``dz_t = tile(dh + dy_t) * a_t``, ``dh = dz_t @ w_hh^T + dh *
-  e_t``, and writes ``dz_t`` over ``a_t`` for the three large matmuls. Still no
+  ``x_t`` in the projection array and stacks ``e``: (G+1)*H floats a step, what any
+  backward pass that does not recompute the forward must keep (``recurrent`` keeps the
+  same for the LSTM, whose backward rebuilds the stack of ``h`` over that of ``c``, and
+  G*H more for the GRU). The backward step reads them back with one multiply each,
+  ``dz_t = tile(dh + dy_t) * a_t``, ``dh = dz_t @ w_hh^T + dh * e_t``, and writes
+  ``dz_t`` over ``a_t`` for the three large matmuls, ``dW_hh`` taking ``e`` for ``h``
+  (the same shape: no rebuilding of ``h`` is timed, so this stays a lower bound). Still no
   nonlinearity: only the stores and loads (and the zero-filled stacks of ``lax.scan``) on
   top of the matmuls. Each step reads its row of the array at the end of the step before,
   after that step's write, as ``recurrent`` does: otherwise XLA copies the whole array at
@@ -126,10 +128,10 @@ def stored_floor_program(num_gates: int, hidden: int):
       xp = jax.lax.dynamic_update_index_in_dim(xp, a, t, 0)
       e = e + a[:, :hidden]
       h = e + sum(a[:, g * hidden : (g + 1) * hidden] for g in range(1, num_gates))
-      return (h, e, xp, jax.lax.dynamic_index_in_dim(xp, t + 1, 0, False)), (h, e)
+      return (h, e, xp, jax.lax.dynamic_index_in_dim(xp, t + 1, 0, False)), e
 
     zeros = jnp.zeros((batch, hidden), xs.dtype)
-    (_, _, stored, _), (hs, es) = jax.lax.scan(step, (zeros, zeros, xp, xp[0]), jnp.arange(steps))
+    (h, _, stored, _), es = jax.lax.scan(step, (zeros, zeros, xp, xp[0]), jnp.arange(steps))
     w_hh_t = w_hh.T
 
     def back(carry, inputs):
@@ -141,10 +143,10 @@ def stored_floor_program(num_gates: int, hidden: int):
 
     (dh, dzs), _ = jax.lax.scan(back, (zeros, stored), (jnp.arange(steps), es, dys), reverse=True)
     flat = dzs.reshape(-1, dzs.shape[-1])
-    d_w_hh = hs.reshape(-1, hidden).T @ flat
+    d_w_hh = es.reshape(-1, hidden).T @ flat
     d_w_ih = xs.reshape(-1, inputs).T @ flat
     d_xs = flat @ w_ih.T
-    return hs, dh, d_w_hh, d_w_ih, d_xs
+    return h, dh, d_w_hh, d_w_ih, d_xs
 
   return forward_backward
 

@@ -14,7 +14,10 @@ pre-activation ``r = (h_{t-1} * m) @ w_hh`` only as their sum (every LSTM gate),
 forward writes each step's ``x + r`` over ``x``, and the backward, which needs only that
 sum, writes ``dz_t`` (the gradient of both) over it. Otherwise (the GRU's candidate gate
 needs ``r`` apart) the forward stacks ``r`` too, and the backward writes the projection's
-gradient over ``x`` and ``dz_t`` over ``r``. With batch-major outputs the backward loop
+gradient over ``x`` and ``dz_t`` over ``r``. Where the cell's pointwise math never reads
+``h_{t-1}`` (the LSTM's reads ``c`` alone), the forward does not stack ``h`` either: the
+backward recomputes each step anyway, and writes its ``h_t`` over the row of ``c_t`` it has
+read. With batch-major outputs the backward loop
 reads each step's output gradient from ``[B..., T, H]`` where it lies instead of from a
 transposed copy. All of it keeps XLA's temporary buffer small: XLA:CPU allocates it
 afresh at every call, and one above glibc's mmap threshold (32 MiB at most) is
@@ -364,6 +367,31 @@ def _sums_only(pointwise, dtype, w_hh, extra, mask, carry, xp, valid) -> bool:
   return found[0]
 
 
+def _rebuilds_h(pointwise, extra, carry, xp_t) -> bool:
+  """Whether the backward pass rebuilds the stack of ``h_{t-1}`` instead of the forward
+  keeping it: when the cell's pointwise maths never reads ``carry.h`` (the LSTM's reads
+  only ``c``) and another carry field can hold it (:func:`_host`). The backward's
+  recomputed step t gives ``h_t``, which it writes over the host's row t + 1, read by
+  then; that keeps one ``[T, B..., H]`` stack fewer."""
+  if _host(carry, carry.h) is None:
+    return False
+  jaxpr = jax.make_jaxpr(lambda h, e, c, x: pointwise(e, c._replace(h=h), x, x))(
+    carry.h, extra, carry, xp_t
+  ).jaxpr
+  h = jaxpr.invars[0]
+  return not (h in jaxpr.outvars or any(h in eqn.invars for eqn in jaxpr.eqns))
+
+
+def _host(carry, h):
+  """The first carry field other than h with h's shape (less a leading time axis, where
+  the fields are stacked) and dtype, or None."""
+  for name, field in zip(carry._fields, carry):
+    if name != "h" and field is not None and field.dtype == h.dtype:
+      if field.shape[field.ndim - h.ndim :] == h.shape:
+        return name
+  return None
+
+
 def _project_rows(project, dtype, params, xs, input_mask):
   """The projection as one array ``[T, B..., G*H]`` (one matmul, as ``cell.project`` is
   ``(x * mask) @ w_ih`` by the :class:`recurrent.Cell` contract), and its vjp."""
@@ -383,7 +411,8 @@ def _recurrence_fwd(
   pointwise, project, reverse, unroll, dtype, batch_major, chunk, inputs, w_hh, extra, carry,
   valid, mask,
 ):  # fmt: skip
-  """The forward under ``grad``. Residuals: the carries before every step and the
+  """The forward under ``grad``. Residuals: the carries before every step (less ``h``
+  where the backward rebuilds it, :func:`_rebuilds_h`), the initial ``h`` and the
   projection ``[T, B..., G*H]``; where the cell only sums projection and recurrent
   pre-activation (:func:`_sums_only`), each step's ``x + r`` written over ``x``, else a
   stack of ``r [T, B..., G*H]`` besides."""
@@ -406,20 +435,22 @@ def _recurrence_fwd(
       xp = _update_index(xp, xp_t, t, 0)
     new, h = _step(pointwise, extra, carry, split(xp_t), split(hh), valid_t)
     own = None if sums else hh
-    return (new, xp, _index(xp, t + ahead, 0)), (h, (carry, own))  # t + ahead clamped
+    kept = carry._replace(h=None) if rebuild else carry
+    return (new, xp, _index(xp, t + ahead, 0)), (h, (kept, own))  # t + ahead clamped
 
+  rebuild = _rebuilds_h(pointwise, extra, carry, split(xp[0]))
   first = xp[-1 if reverse else 0]
   (final, xp, _), (ys, (carries, hhs)) = _scan_indexed(
     body, (carry, xp, first), valid, xp.shape[0], reverse, unroll
   )
-  residuals = (pull, w_hh, extra, carries, hhs, xp, valid, mask)
+  residuals = (pull, w_hh, extra, carries, carry.h, hhs, xp, valid, mask)
   return (final, _layout(ys, batch_major)), residuals
 
 
 def _recurrence_bwd(
   pointwise, project, reverse, unroll, dtype, batch_major, chunk, residuals, cotangents
 ):  # fmt: skip
-  pull, w_hh, extra, carries, hhs, xp, valid, mask = residuals
+  pull, w_hh, extra, carries, h_0, hhs, xp, valid, mask = residuals
   d_final, d_ys = cotangents
   time_axis = d_ys.ndim - 2 if batch_major else 0
   w_hh_t = w_hh.T
@@ -437,22 +468,38 @@ def _recurrence_bwd(
   # at (32, 100, 128, 256) over glibc's mmap threshold, faulted in at every call). That
   # step reads h_{t-1} the step before, after the write: as for the forward's sums, a
   # write that did not depend on every read of the array would make XLA copy it whole at
-  # every step (the GRU's pointwise math reads h_{t-1} too).
+  # every step (the GRU's pointwise math reads h_{t-1} too). Where the forward kept no h
+  # (rebuild), the stack in the loop's carry is the host's (the LSTM's c): step t reads its
+  # row c_{t-1} the step before, and writes its recomputed h_t * m over row t + 1 (read by
+  # then) and h_{t-1} * m, the initial h for the first step, over its own row; the loop
+  # ends with the stack of h_{t-1} * m that dW_hh needs, as without rebuild.
+  rebuild = carries.h is None
+  host = _host(carries, h_0) if rebuild else "h"
+  h_first = _masked_h(h_0, h_mask).astype(h_0.dtype)  # the first step's h_{t-1}
+
   def body(acc, t, inputs):
-    d_carry, d_extra, dxs, dzs, hs, h_t = acc
+    d_carry, d_extra, dxs, dzs, hs, row = acc
     carry, valid_t = inputs
-    if mask is None:
-      h_t = _index(hs, t, 0)
-    else:  # h_t read the step before, after that step's write
-      hs = _update_index(hs, _masked_h(h_t, h_mask), t, 0)
-    carry = carry._replace(h=h_t)
+    if rebuild:  # row: the host's, read the step before, after that step's write. The
+      # step does not read h but holds it past a sequence's end: the initial h is right
+      # where the held steps come first (reverse), and meets a zero dz_t where they follow.
+      carry = carry._replace(h=h_0, **{host: row})
+    elif mask is None:
+      carry = carry._replace(h=_index(hs, t, 0))
+    else:  # row: h_t, read the step before, after that step's write
+      hs = _update_index(hs, _masked_h(row, h_mask), t, 0)
+      carry = carry._replace(h=row)
     xp_t = _index(dxs, t, 0)
     hh_t = jnp.zeros_like(xp_t) if dzs is None else _index(dzs, t, 0)
     dy = _index(d_ys, t, time_axis)
-    _, vjp = jax.vjp(
+    (new, _), vjp = jax.vjp(
       lambda e, c, x, r: _step(pointwise, e, c, x, r, valid_t),
       extra, carry, split(xp_t), split(hh_t),
     )  # fmt: skip
+    if rebuild:  # h_t over the row the step after t has read; h_{-1} over this step's,
+      # which the step before t (next in this loop) overwrites in turn, but for the first.
+      hs = _update_index(hs, _masked_h(new.h, h_mask).astype(hs.dtype), t + ahead, 0)
+      hs = _update_index(hs, h_first, t, 0)
     de, dc, dx, dz = vjp((d_carry, dy))
     dz = jnp.concatenate(dz, axis=-1)
     dh = _cell.dot(dz, w_hh_t, dtype)
@@ -460,15 +507,17 @@ def _recurrence_bwd(
     dxs = _update_index(dxs, jnp.concatenate(dx, axis=-1).astype(dxs.dtype), t, 0)
     if dzs is not None:
       dzs = _update_index(dzs, dz.astype(dzs.dtype), t, 0)
-    h_next = None if mask is None else _index(hs, t - ahead, 0)  # clamped at the end
-    return (dc, jax.tree.map(jnp.add, d_extra, de), dxs, dzs, hs, h_next), None
+    ahead_row = rebuild or mask is not None
+    row = _index(hs, t - ahead, 0) if ahead_row else None  # clamped at the end
+    return (dc, jax.tree.map(jnp.add, d_extra, de), dxs, dzs, hs, row), None
 
   zeros_extra = jax.tree.map(jnp.zeros_like, extra)
-  h_first = None if mask is None else carries.h[0 if reverse else -1]
+  stack = getattr(carries, host)
+  first = stack[0 if reverse else -1] if rebuild or mask is not None else None
   (d_carry, d_extra, dxs, dzs, hs, _), _ = _scan_indexed(
     body,
-    (d_final, zeros_extra, xp, hhs, carries.h, h_first),
-    (carries._replace(h=None), valid),
+    (d_final, zeros_extra, xp, hhs, stack, first),
+    (carries._replace(**{host: None}), valid),
     xp.shape[0],
     not reverse,
     unroll,

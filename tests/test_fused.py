@@ -13,6 +13,7 @@ import pytest
 
 import recurrent
 from recurrent import cell as cell_lib
+from recurrent import fused
 
 B, T, IN, H = 3, 6, 4, 5
 LENGTHS = np.array([6, 0, 3])
@@ -359,6 +360,35 @@ def test_recurrent_dropout_gradient_needs_no_extra_buffer(kind):
   states = 50 * 16 * 64 * 4  # one [T, B, H] float32 array
   plain, dropped = temp_bytes(0.0), temp_bytes(0.3)
   assert dropped - plain < states // 2, (plain, dropped, states)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_lstm_gradient_rebuilds_h_over_the_cell_states(rate, monkeypatch):
+  """The LSTM's pointwise maths reads ``c`` but not ``h``: its forward under ``grad``
+  stacks the carries' ``c`` alone, and the backward writes each recomputed ``h_t`` (times
+  the mask) over the ``c`` row it has read. That is one ``[T, B, H]`` array fewer in XLA's
+  temporary buffer than stacking ``h`` as well; the GRU, whose maths reads ``h``, keeps it."""
+  params = recurrent.lstm(64).init(jax.random.key(0), 8)
+  xs = jax.ShapeDtypeStruct((16, 50, 8), jnp.float32)
+  keys = recurrent.sequence_keys(jax.random.key(1), 16)
+
+  def temp_bytes(cell):
+    def loss(p, x, k):
+      return jnp.sum(recurrent.scan(cell, p, x, recurrent_dropout=rate, key=k)[1])
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return grad.lower(params, xs, keys).compile().memory_analysis().temp_size_in_bytes
+
+  states = 50 * 16 * 64 * 4  # one [T, B, H] float32 array
+  for kind, rebuilt in (("lstm", True), ("gru", False)):
+    cell = getattr(recurrent, kind)(64)
+    extra = cell.pointwise_params(cell.init(jax.random.key(0), 8))
+    xp_t = (jnp.zeros((16, 64)),) * cell.num_gates
+    assert fused._rebuilds_h(cell.pointwise, extra, cell.initial_carry((16,)), xp_t) is rebuilt
+  rebuilt = temp_bytes(recurrent.lstm(64))
+  monkeypatch.setattr(fused, "_rebuilds_h", lambda *args: False)
+  stacked = temp_bytes(recurrent.lstm(64))
+  assert stacked - rebuilt >= states * 9 // 10, (stacked, rebuilt, states)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
