@@ -22,9 +22,9 @@ reads each step's output gradient from ``[B..., T, H]`` where it lies instead of
 transposed copy. All of it keeps XLA's temporary buffer small: XLA:CPU allocates it
 afresh at every call, and one above glibc's mmap threshold (32 MiB at most) is
 page-faulted in again at every call (``benchmarks/matmul_floor.py`` prints both). At
-(B, T, I, H) = (32, 100, 128, 256) the forward + backward buffer is 20.0 MB (LSTM) and
+(B, T, I, H) = (32, 100, 128, 256) the forward + backward buffer is 16.7 MB (LSTM) and
 23.2 MB (GRU), where Flax's needs 47.6 and 35.8 MB
-(``benchmarks/results/matmul_floor_2026-11-26_zen4_run2.md``).
+(``benchmarks/results/matmul_floor_2026-11-27_zen4.md``).
 
 The forward alone (not under ``grad``) writes each step's output over the first gate's
 projection, which no later step reads, instead of into a stack of its own; and for a long
