@@ -339,6 +339,23 @@ def test_chunked_forward_needs_less_temporary_memory(monkeypatch):
   assert 2 * chunked < whole, (chunked, whole)
 
 
+GRAD_STATES = 50 * 16 * 64 * 4  # one [T, B, H] float32 array of _grad_temp_bytes
+
+
+def _grad_temp_bytes(cell, rate):
+  """XLA's temporary buffer of the gradient of ``cell`` (hidden size 64) over inputs
+  ``[16, 50, 8]``, with recurrent dropout at ``rate``."""
+  params = cell.init(jax.random.key(0), 8)
+  xs = jax.ShapeDtypeStruct((16, 50, 8), jnp.float32)
+  keys = recurrent.sequence_keys(jax.random.key(1), 16)
+
+  def loss(p, x, k):
+    return jnp.sum(recurrent.scan(cell, p, x, recurrent_dropout=rate, key=k)[1])
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return grad.lower(params, xs, keys).compile().memory_analysis().temp_size_in_bytes
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_recurrent_dropout_gradient_needs_no_extra_buffer(kind):
   """The weight gradient with a recurrent mask, ``(h * m)^T dz``, adds at most the masks
@@ -346,20 +363,8 @@ def test_recurrent_dropout_gradient_needs_no_extra_buffer(kind):
   backward loop writes each ``h * m`` over ``h`` (at (32, 100, 128, 256) that copy took the
   LSTM's buffer over glibc's mmap threshold)."""
   cell = getattr(recurrent, kind)(64)
-  params = cell.init(jax.random.key(0), 8)
-  xs = jax.ShapeDtypeStruct((16, 50, 8), jnp.float32)
-  keys = recurrent.sequence_keys(jax.random.key(1), 16)
-
-  def temp_bytes(rate):
-    def loss(p, x, k):
-      return jnp.sum(recurrent.scan(cell, p, x, recurrent_dropout=rate, key=k)[1])
-
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    return grad.lower(params, xs, keys).compile().memory_analysis().temp_size_in_bytes
-
-  states = 50 * 16 * 64 * 4  # one [T, B, H] float32 array
-  plain, dropped = temp_bytes(0.0), temp_bytes(0.3)
-  assert dropped - plain < states // 2, (plain, dropped, states)
+  plain, dropped = _grad_temp_bytes(cell, 0.0), _grad_temp_bytes(cell, 0.3)
+  assert dropped - plain < GRAD_STATES // 2, (plain, dropped, GRAD_STATES)
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])
@@ -368,27 +373,15 @@ def test_lstm_gradient_rebuilds_h_over_the_cell_states(rate, monkeypatch):
   stacks the carries' ``c`` alone, and the backward writes each recomputed ``h_t`` (times
   the mask) over the ``c`` row it has read. That is one ``[T, B, H]`` array fewer in XLA's
   temporary buffer than stacking ``h`` as well; the GRU, whose maths reads ``h``, keeps it."""
-  params = recurrent.lstm(64).init(jax.random.key(0), 8)
-  xs = jax.ShapeDtypeStruct((16, 50, 8), jnp.float32)
-  keys = recurrent.sequence_keys(jax.random.key(1), 16)
-
-  def temp_bytes(cell):
-    def loss(p, x, k):
-      return jnp.sum(recurrent.scan(cell, p, x, recurrent_dropout=rate, key=k)[1])
-
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    return grad.lower(params, xs, keys).compile().memory_analysis().temp_size_in_bytes
-
-  states = 50 * 16 * 64 * 4  # one [T, B, H] float32 array
   for kind, rebuilt in (("lstm", True), ("gru", False)):
     cell = getattr(recurrent, kind)(64)
     extra = cell.pointwise_params(cell.init(jax.random.key(0), 8))
     xp_t = (jnp.zeros((16, 64)),) * cell.num_gates
     assert fused._rebuilds_h(cell.pointwise, extra, cell.initial_carry((16,)), xp_t) is rebuilt
-  rebuilt = temp_bytes(recurrent.lstm(64))
+  rebuilt = _grad_temp_bytes(recurrent.lstm(64), rate)
   monkeypatch.setattr(fused, "_rebuilds_h", lambda *args: False)
-  stacked = temp_bytes(recurrent.lstm(64))
-  assert stacked - rebuilt >= states * 9 // 10, (stacked, rebuilt, states)
+  stacked = _grad_temp_bytes(recurrent.lstm(64), rate)
+  assert stacked - rebuilt >= GRAD_STATES * 9 // 10, (stacked, rebuilt, GRAD_STATES)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
