@@ -426,6 +426,7 @@ def _recurrence_fwd(
   # whole array at every step to keep them apart.
   ahead = -1 if reverse else 1
   split = lambda a: _cell.gate_split(a, num_gates)  # noqa: E731
+  rebuild = _rebuilds_h(pointwise, extra, carry, split(xp[0]))
 
   def body(state, t, valid_t):
     carry, xp, xp_t = state
@@ -438,7 +439,6 @@ def _recurrence_fwd(
     kept = carry._replace(h=None) if rebuild else carry
     return (new, xp, _index(xp, t + ahead, 0)), (h, (kept, own))  # t + ahead clamped
 
-  rebuild = _rebuilds_h(pointwise, extra, carry, split(xp[0]))
   first = xp[-1 if reverse else 0]
   (final, xp, _), (ys, (carries, hhs)) = _scan_indexed(
     body, (carry, xp, first), valid, xp.shape[0], reverse, unroll
@@ -475,7 +475,9 @@ def _recurrence_bwd(
   # ends with the stack of h_{t-1} * m that dW_hh needs, as without rebuild.
   rebuild = carries.h is None
   host = _host(carries, h_0) if rebuild else "h"
-  h_first = _masked_h(h_0, h_mask).astype(h_0.dtype)  # the first step's h_{t-1}
+  if rebuild:
+    h_first = _masked_h(h_0, h_mask).astype(h_0.dtype)  # the first step's h_{t-1}
+  reads_ahead = rebuild or mask is not None  # the loop carries the next step's row
 
   def body(acc, t, inputs):
     d_carry, d_extra, dxs, dzs, hs, row = acc
@@ -498,6 +500,7 @@ def _recurrence_bwd(
     )  # fmt: skip
     if rebuild:  # h_t over the row the step after t has read; h_{-1} over this step's,
       # which the step before t (next in this loop) overwrites in turn, but for the first.
+      # Written at every step: one write after the loop made XLA copy the whole stack.
       hs = _update_index(hs, _masked_h(new.h, h_mask).astype(hs.dtype), t + ahead, 0)
       hs = _update_index(hs, h_first, t, 0)
     de, dc, dx, dz = vjp((d_carry, dy))
@@ -507,13 +510,12 @@ def _recurrence_bwd(
     dxs = _update_index(dxs, jnp.concatenate(dx, axis=-1).astype(dxs.dtype), t, 0)
     if dzs is not None:
       dzs = _update_index(dzs, dz.astype(dzs.dtype), t, 0)
-    ahead_row = rebuild or mask is not None
-    row = _index(hs, t - ahead, 0) if ahead_row else None  # clamped at the end
+    row = _index(hs, t - ahead, 0) if reads_ahead else None  # clamped at the end
     return (dc, jax.tree.map(jnp.add, d_extra, de), dxs, dzs, hs, row), None
 
   zeros_extra = jax.tree.map(jnp.zeros_like, extra)
   stack = getattr(carries, host)
-  first = stack[0 if reverse else -1] if rebuild or mask is not None else None
+  first = stack[0 if reverse else -1] if reads_ahead else None
   (d_carry, d_extra, dxs, dzs, hs, _), _ = _scan_indexed(
     body,
     (d_final, zeros_extra, xp, hhs, stack, first),
