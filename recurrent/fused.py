@@ -37,7 +37,8 @@ batch of 16 to 32 and G*H >= 3072 on the CPU the forward alone also runs feature
 (:func:`feature_major`): carries ``[H, B]`` and the recurrent matmul ``w_hh^T @ h``, which
 XLA:CPU runs faster there than ``h @ w_hh``. It computes the cell's projection
 itself, as ``w_ih^T @ (x * mask)^T``: ``cell.project`` is ``(x * mask) @ w_ih`` by the
-:class:`recurrent.Cell` contract.
+:class:`recurrent.Cell` contract. For a batch of one sequence the forward alone runs on
+arrays without their batch dims, carries ``[H]`` (:func:`unbatched`).
 
 It serves any cell whose step is ``hh = (h * m) @ w_hh`` followed by pointwise math
 (``cell.pointwise``): the LSTM and the reset-after GRU. The driver falls back to plain
@@ -282,6 +283,10 @@ def recurrence(
     lay = _feature_major_layout(
       pointwise, dtype, batch_major, inputs, w_hh, extra, carry, valid, mask
     )
+  elif unbatched(batch_shape):
+    lay = _unbatched_layout(
+      pointwise, project, dtype, batch_major, inputs, w_hh, extra, carry, valid, mask
+    )
   else:
     lay = _Layout(
       functools.partial(_recur, pointwise, dtype, w_hh, extra, _as_mask(mask)),
@@ -341,6 +346,44 @@ def _feature_major_layout(pointwise, dtype, batch_major, inputs, w_hh, extra, ca
     lambda y: _from_fm(y, batch_shape, batch_major),
     1, jax.tree.map(fm, carry), xs.reshape(xs.shape[:1] + (batch, -1)), valid,
     lambda final: jax.tree.map(lambda a: a.T.reshape(carry.h.shape), final),
+  )  # fmt: skip
+
+
+def unbatched(batch_shape: tuple) -> bool:
+  """Whether the forward alone drops the batch dims and carries ``[H]``, not ``[1, H]``:
+  for a batch of one sequence (at least one batch dim, all of them 1), on the CPU only.
+
+  Time over the ``[1, H]`` loop on the 2-vCPU Zen 4 host (``benchmarks/batch_of_one.py``,
+  four runs, 2026-11-27): LSTM forward 0.94-0.97 at (B, T, I, H) = (1, 1000, 64, 128),
+  0.99 at (1, 200, 128, 256) and 1.00 at (1, 100, 256, 512); GRU 0.97-0.98, 0.98, 1.01.
+  Under ``grad`` dropping them was slower (1.12-1.18 at (1, 1000, 64, 128)), so it never
+  applies there."""
+  return jax.default_backend() == "cpu" and len(batch_shape) > 0 and math.prod(batch_shape) == 1
+
+
+def _unbatched_layout(
+  pointwise, project, dtype, batch_major, inputs, w_hh, extra, carry, valid, mask
+):
+  """The :class:`_Layout` of a batch of one sequence (every batch dim 1): every array
+  without its batch dims, carries ``[H]``, the projection ``[T, H]`` per gate. XLA:CPU
+  then needs no ``[1, H] -> [H, 1]`` kernel before each step's matmul (a bitcast now), nor
+  a relayout copy of each gate's projection before the loop."""
+  params, xs, input_mask = inputs
+  batch_shape = carry.h.shape[:-1]
+  drop = lambda a: a.reshape(a.shape[len(batch_shape) :])  # noqa: E731  [B..., N] -> [N]
+  timed = lambda a: a.reshape(a.shape[:1] + a.shape[1 + len(batch_shape) :])  # noqa: E731
+
+  def to_out(ys):  # [T, H] -> [B..., T, H] (batch_major) or [T, B..., H]
+    steps, hidden = ys.shape
+    return ys.reshape(batch_shape + ys.shape if batch_major else (steps,) + batch_shape + (hidden,))
+
+  mask = None if mask is None else _as_mask(drop(mask))
+  in_mask = None if input_mask is None else jax.tree.map(timed, input_mask)
+  return _Layout(
+    functools.partial(_recur, pointwise, dtype, w_hh, extra, mask),
+    lambda x: project(params, x, in_mask),
+    to_out, 0, jax.tree.map(drop, carry), timed(xs), None if valid is None else timed(valid),
+    lambda final: jax.tree.map(lambda a: a.reshape(batch_shape + a.shape), final),
   )  # fmt: skip
 
 

@@ -4,6 +4,7 @@ Reference: the same cell with ``pointwise=None``, which makes the driver differe
 plain ``lax.scan`` over ``cell.recur``; values and gradients must agree.
 """
 
+import math
 import re
 
 import jax
@@ -244,10 +245,10 @@ def test_batch_major_gradient_keeps_no_transposed_output_gradient(kind):
   assert temp_bytes(time_major=False) - temp_bytes(time_major=True) <= xs.nbytes
 
 
-def _run_in_chunks_of_two(monkeypatch, cell, params, xs, **options):
-  """Lowers the chunk thresholds so that this float32 forward of T=6 steps runs in chunks
-  of 2 (an outer loop of 3), and checks that it does."""
-  one_step = B * cell.num_gates * H * 4
+def _run_in_chunks_of_two(monkeypatch, cell, params, xs, batch=B, **options):
+  """Lowers the chunk thresholds so that this float32 forward of T=6 steps of ``batch``
+  sequences runs in chunks of 2 (an outer loop of 3), and checks that it does."""
+  one_step = batch * cell.num_gates * H * 4
   monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", one_step)
   monkeypatch.setattr(recurrent.fused, "CHUNK_BYTES", 2 * one_step)
   assert recurrent.fused.projection_chunk(T, one_step) == 2
@@ -403,6 +404,33 @@ def test_forward_writes_outputs_over_the_projection(kind, feature_major, monkeyp
   assert ((H, B) if feature_major else (B, H)) in carried  # the hidden state
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_shape", [(1,), (1, 1)])
+def test_batch_of_one_forward_loops_over_unbatched_carries(kind, batch_shape):
+  """A batch of one sequence: the forward alone carries ``[H]`` and the projection
+  ``[T, H]``, no batch dims; under ``grad`` the loops keep them (they ran slower
+  without). Results against the plain path: test_forward_layouts_equal_plain_scan."""
+  cell = getattr(recurrent, kind)(H)
+  params = cell.init(jax.random.key(0), IN)
+  xs = _data()[0][:1].reshape(batch_shape + (T, IN))
+  lengths = LENGTHS[2:].reshape(batch_shape)
+  forward = jax.make_jaxpr(lambda p, x: recurrent.scan(cell, p, x, seq_lengths=lengths))
+  (loop,) = _scans(forward(params, xs).jaxpr)
+  carried = [v.aval.shape for v in loop.outvars[: loop.params["num_carry"]]]
+  assert (H,) in carried and (T, H) in carried
+  assert batch_shape + (H,) not in carried and (T,) + batch_shape + (H,) not in carried
+  grad = jax.make_jaxpr(jax.grad(lambda p, x: jnp.sum(recurrent.scan(cell, p, x)[1]), (0, 1)))
+  for loop in _scans(grad(params, xs).jaxpr):
+    assert batch_shape + (H,) in [v.aval.shape for v in loop.outvars]
+
+
+def test_unbatched_rule():
+  """Unbatched: at least one batch dim, all of them 1 (the tests run on the CPU)."""
+  rule = recurrent.fused.unbatched
+  assert rule((1,)) and rule((1, 1))
+  assert not rule(()) and not rule((2,)) and not rule((1, 2)) and not rule((0,))
+
+
 def test_feature_major_rule():
   """Feature-major only where it was measured faster on both hosts: a batch of 16 to 32
   sequences and a recurrent matmul G*H at least 3072 wide (the tests run on the CPU)."""
@@ -413,6 +441,7 @@ def test_feature_major_rule():
   assert not rule(64, 4 * 512) and not rule(256, 4 * 128) and not rule(1, 4 * 1024)
 
 
+@pytest.mark.parametrize("layout", ["feature-major", "batch-of-one"])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize(
   "options",
@@ -428,32 +457,41 @@ def test_feature_major_rule():
   ids=["plain", "reverse-lengths", "dropout", "untied-inputs", "time-major", "2-batch-dims",
        "chunked"],
 )  # fmt: skip
-def test_feature_major_forward_equals_plain_scan(kind, options, monkeypatch):
-  """Feature-major (forced: the test's H is small), outputs and final carry equal the plain
-  lax.scan path's, with lengths, reverse, dropout masks (shared or one per gate on the
-  inputs), time-major, two batch dims and in chunks of 2 steps."""
-  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, width: True)
+def test_forward_layouts_equal_plain_scan(layout, kind, options, monkeypatch):
+  """The forward alone feature-major (forced: the test's H is small) and for a batch of one
+  sequence (carries without batch dims): outputs and final carry equal the plain lax.scan
+  path's, with lengths, reverse, dropout masks (shared or one per gate on the inputs),
+  time-major, two batch dims and in chunks of 2 steps."""
   options = dict(options)
   cell = getattr(recurrent, kind)(H)
   params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.key(0), IN))
   xs, _ = _data()
-  batch_shape = (B,)
+  if layout == "feature-major":
+    monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, width: True)
+  else:  # the sequence with held steps at the end, or (reversed) at the start
+    xs = xs[2:]
+    if "seq_lengths" in options:
+      options["seq_lengths"] = LENGTHS[2:]
+  batch_shape = xs.shape[:1]
   if options.pop("batch_dims", 1) == 2:
-    xs = jnp.stack([xs, 0.5 * xs[::-1]])
-    batch_shape = (2, B)
+    xs = jnp.stack([xs, 0.5 * xs[::-1]])[: 1 if layout == "batch-of-one" else 2]
+    batch_shape = xs.shape[:2]
+    if "seq_lengths" in options:
+      options["seq_lengths"] = options["seq_lengths"][None]
   carry = jax.tree.map(lambda c: c + 0.2, cell.initial_carry(batch_shape))
   if "dropout" in options:
     ids = np.arange(np.prod(batch_shape)).reshape(batch_shape)
     options["key"] = recurrent.sequence_keys(jax.random.key(3), ids)
   if options.get("time_major"):
-    xs = jnp.swapaxes(xs, 0, 1)
+    xs = jnp.moveaxis(xs, -2, 0)
   if options.pop("chunks", False):
-    _run_in_chunks_of_two(monkeypatch, cell, params, xs, **options)
+    _run_in_chunks_of_two(monkeypatch, cell, params, xs, math.prod(batch_shape), **options)
 
   def run(c):
     forward = jax.jit(lambda p, h, x: recurrent.scan(c, p, x, initial_carry=h, **options))
     return forward(params, carry, xs)
 
+  assert layout == "feature-major" or recurrent.fused.unbatched(batch_shape)
   got, want = run(cell), run(cell._replace(pointwise=None))
   assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, want)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
