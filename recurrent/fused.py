@@ -354,10 +354,12 @@ def unbatched(batch_shape: tuple) -> bool:
   for a batch of one sequence (at least one batch dim, all of them 1), on the CPU only.
 
   Time over the ``[1, H]`` loop on the 2-vCPU Zen 4 host (``benchmarks/batch_of_one.py``,
-  four runs, 2026-11-27): LSTM forward 0.94-0.97 at (B, T, I, H) = (1, 1000, 64, 128),
-  0.99 at (1, 200, 128, 256) and 1.00 at (1, 100, 256, 512); GRU 0.97-0.98, 0.98, 1.01.
-  Under ``grad`` dropping them was slower (1.12-1.18 at (1, 1000, 64, 128)), so it never
-  applies there."""
+  2026-11-27, ``benchmarks/results/batch_of_one_2026-11-27_zen4.md`` the last run): the
+  forward at (B, T, I, H) = (1, 1000, 64, 128) 0.94-0.98 (LSTM) and 0.97-0.98 (GRU) in seven
+  runs, at (1, 200, 128, 256) 0.98-0.99 and 0.97-0.99 in four; at (1, 100, 256, 512), where
+  each step's matmul outweighs the relayout kernel it saves, 0.94-1.00 (LSTM) and 1.00-1.04
+  (GRU, 1.02 on average: within the noise of those runs). Under ``grad`` dropping the batch
+  dims was slower (1.11-1.18 at (1, 1000, 64, 128)), so it never applies there."""
   return jax.default_backend() == "cpu" and len(batch_shape) > 0 and math.prod(batch_shape) == 1
 
 
