@@ -20,7 +20,6 @@ Run from the repository root::
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -31,7 +30,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import recurrent  # noqa: E402
-from benchmarks.lstm_cpu import compile_timed, median_ms, parse_shape, timed_rounds  # noqa: E402
+from benchmarks.lstm_cpu import (  # noqa: E402
+  compile_timed,
+  finish,
+  median_ms,
+  parse_shape,
+  timed_rounds,
+)
 
 DEFAULT_SHAPES = ("1,1000,64,128", "1,200,128,256", "1,100,256,512")
 NAMES = ("[1, H]", "[H]", "grad [1, H]", "grad [H]")
@@ -133,11 +138,7 @@ def main(argv=None) -> int:
         f"{'[H]' if row['rule'] else '[1, H]'} | {comp['[1, H]']:.2f} / {comp['[H]']:.2f} |",
         flush=True,
       )
-  print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}")
-  if args.json:
-    with open(args.json + ".tmp", "w") as f:
-      json.dump({"jax": jax.__version__, "rows": rows}, f)
-    os.replace(args.json + ".tmp", args.json)
+  finish(rows, args.json)
   return 0
 
 

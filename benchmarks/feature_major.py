@@ -23,7 +23,6 @@ Run from the repository root::
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -34,7 +33,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import recurrent  # noqa: E402
-from benchmarks.lstm_cpu import compile_timed, median_ms, parse_shape, timed_rounds  # noqa: E402
+from benchmarks.lstm_cpu import (  # noqa: E402
+  compile_timed,
+  finish,
+  median_ms,
+  parse_shape,
+  timed_rounds,
+)
 
 # Small and large batches at H = 128, 256, 512 and 1024, and the issue's four shapes.
 DEFAULT_SHAPES = (
@@ -149,11 +154,7 @@ def main(argv=None) -> int:
         f"{row['ratio']:.2f} | {'feature' if row['rule'] else 'batch'} | {comp} |",
         flush=True,
       )
-  print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}")
-  if args.json:
-    with open(args.json + ".tmp", "w") as f:
-      json.dump({"jax": jax.__version__, "rows": rows}, f)
-    os.replace(args.json + ".tmp", args.json)
+  finish(rows, args.json)
   return 0
 
 

@@ -179,6 +179,17 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
 # for the check, {mode: outputs / gradients as NumPy in recurrent's layout}.
 
 
+def finish(rows: list, json_path: str | None) -> None:
+  """The end of a grid script (``feature_major.py``, ``batch_of_one.py``): prints the load
+  average and, given ``json_path``, writes ``{"jax": version, "rows": rows}`` there through
+  a ``.tmp`` file renamed over it, so that no half-written file is left."""
+  print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}")
+  if json_path:
+    with open(json_path + ".tmp", "w") as f:
+      json.dump({"jax": jax.__version__, "rows": rows}, f)
+    os.replace(json_path + ".tmp", json_path)
+
+
 def compile_timed(fn, *args):
   """``(jax.jit(fn) compiled, seconds)``: the median trace+compile time of
   COMPILE_SAMPLES more compiles, each of a fresh function (so that JAX's trace cache is not
