@@ -420,7 +420,9 @@ def test_batch_of_one_forward_loops_over_unbatched_carries(kind, batch_shape):
   assert (H,) in carried and (T, H) in carried
   assert batch_shape + (H,) not in carried and (T,) + batch_shape + (H,) not in carried
   grad = jax.make_jaxpr(jax.grad(lambda p, x: jnp.sum(recurrent.scan(cell, p, x)[1]), (0, 1)))
-  for loop in _scans(grad(params, xs).jaxpr):
+  loops = list(_scans(grad(params, xs).jaxpr))
+  assert len(loops) == 2  # forward and backward
+  for loop in loops:
     assert batch_shape + (H,) in [v.aval.shape for v in loop.outvars]
 
 
