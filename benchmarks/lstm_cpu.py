@@ -179,15 +179,20 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
 # for the check, {mode: outputs / gradients as NumPy in recurrent's layout}.
 
 
+def save_json(path: str, payload: dict, **dump_options) -> None:
+  """Writes ``payload`` to ``path`` through a ``.tmp`` file renamed over it, so that an
+  interrupted run leaves no half-written file."""
+  with open(path + ".tmp", "w") as f:
+    json.dump(payload, f, **dump_options)
+  os.replace(path + ".tmp", path)
+
+
 def finish(rows: list, json_path: str | None) -> None:
   """The end of a grid script (``feature_major.py``, ``batch_of_one.py``): prints the load
-  average and, given ``json_path``, writes ``{"jax": version, "rows": rows}`` there through
-  a ``.tmp`` file renamed over it, so that no half-written file is left."""
+  average and, given ``json_path``, saves ``{"jax": version, "rows": rows}`` there."""
   print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}")
   if json_path:
-    with open(json_path + ".tmp", "w") as f:
-      json.dump({"jax": jax.__version__, "rows": rows}, f)
-    os.replace(json_path + ".tmp", json_path)
+    save_json(json_path, {"jax": jax.__version__, "rows": rows})
 
 
 def compile_timed(fn, *args):
@@ -750,20 +755,16 @@ def main(argv=None) -> int:
       " (1: not unrolled)."
     )
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(
-        {
-          "environment": env,
-          "repeats": args.repeats,
-          "row_seconds": args.row_seconds,
-          "matmul_peak_gflops": {"start": peak_start, "end": peak_end},
-          "load_average": {"start": load_start, "end": load_end},
-          "total_s": elapsed,
-          "rows": rows,
-        },
-        f,
-        indent=1,
-      )
+    payload = {
+      "environment": env,
+      "repeats": args.repeats,
+      "row_seconds": args.row_seconds,
+      "matmul_peak_gflops": {"start": peak_start, "end": peak_end},
+      "load_average": {"start": load_start, "end": load_end},
+      "total_s": elapsed,
+      "rows": rows,
+    }
+    save_json(args.json, payload, indent=1)
   return 0
 
 
