@@ -39,7 +39,6 @@ from benchmarks.lstm_cpu import (  # noqa: E402
 )
 
 DEFAULT_SHAPES = ("1,1000,64,128", "1,200,128,256", "1,100,256,512")
-NAMES = ("[1, H]", "[H]", "grad [1, H]", "grad [H]")
 
 
 def _forced(rule: bool, build):

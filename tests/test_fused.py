@@ -478,8 +478,6 @@ def test_forward_layouts_equal_plain_scan(layout, kind, options, monkeypatch):
   if options.pop("batch_dims", 1) == 2:
     xs = jnp.stack([xs, 0.5 * xs[::-1]])[: 1 if layout == "batch-of-one" else 2]
     batch_shape = xs.shape[:2]
-    if "seq_lengths" in options:
-      options["seq_lengths"] = options["seq_lengths"][None]
   carry = jax.tree.map(lambda c: c + 0.2, cell.initial_carry(batch_shape))
   if "dropout" in options:
     ids = np.arange(np.prod(batch_shape)).reshape(batch_shape)
