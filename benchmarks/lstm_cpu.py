@@ -250,7 +250,9 @@ def build_flax(flax_cell, params, xs, r):
   return calls, results
 
 
-def build_torch(cell_name, params, xs, r):
+def build_torch(cell_name, params, xs, r, device="cpu"):
+  """PyTorch's ``nn.LSTM`` / ``nn.GRU`` on ``device`` (on ``"cuda"``, cuDNN's kernels); each
+  call ends with ``torch.cuda.synchronize()`` there."""
   batch, steps, inputs = xs.shape
   hidden = params.w_hh.shape[0]
   module = (torch.nn.LSTM if cell_name == "lstm" else torch.nn.GRU)(
@@ -262,24 +264,29 @@ def build_torch(cell_name, params, xs, r):
   for name, a, b in zip(params._fields, params, back):
     if not np.array_equal(np.asarray(a), np.asarray(b)):
       raise MismatchError(f"convert.from_torch(to_torch(params)).{name} differs from params")
+  module.to(device)
+  sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 
-  x_t = torch.from_numpy(np.array(xs))
+  x_t = torch.from_numpy(np.array(xs)).to(device)
   x_g = x_t.clone().requires_grad_(True)
-  r_t = torch.from_numpy(np.array(r))
+  r_t = torch.from_numpy(np.array(r)).to(device)
 
   def fwd():
     with torch.no_grad():
-      return module(x_t)[0]
+      ys = module(x_t)[0]
+    sync()
+    return ys
 
   def fwd_bwd():
     module.zero_grad(set_to_none=True)
     x_g.grad = None
     (module(x_g)[0] * r_t).sum().backward()
+    sync()
 
-  ys = fwd().numpy().copy()
+  ys = fwd().cpu().numpy()
   fwd_bwd()
-  grads = {k: p.grad.numpy().T.copy() for k, p in module.named_parameters()}
-  g_x = x_g.grad.numpy().copy()
+  grads = {k: p.grad.cpu().numpy().T.copy() for k, p in module.named_parameters()}
+  g_x = x_g.grad.cpu().numpy()
   calls = {"fwd": (fwd, None), "fwd+bwd": (fwd_bwd, None)}
   return calls, {"fwd": ys, "fwd+bwd": (grads, g_x)}
 
@@ -461,7 +468,8 @@ def check(cell_name, hidden, results, ys_no_dropout_det) -> dict:
 # One shape and cell
 
 
-def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
+def bench_inputs(shape, cell_name):
+  """``(cell, params, xs [B, T, I], r [B, T, H])`` of one row, the same in every run."""
   batch, steps, inputs, hidden = shape
   k_params, k_bias, k_x, k_r = jax.random.split(jax.random.key(0), 4)
   cell = recurrent.lstm(hidden) if cell_name == "lstm" else recurrent.gru(hidden)
@@ -475,7 +483,79 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
   params = params._replace(**bias)
   xs = jax.random.normal(k_x, (batch, steps, inputs), jnp.float32)
   r = jax.random.normal(k_r, (batch, steps, hidden), jnp.float32)
+  return cell, params, xs, r
 
+
+def checked(cell, params, xs, results, log, shape) -> dict:
+  """:func:`check` of every builder's results against ``recurrent``'s, logged."""
+  cell_name = cell.name
+  ys_det = recurrent.scan(
+    cell, params, xs, dropout=DROPOUT, recurrent_dropout=DROPOUT, deterministic=True
+  )[1]
+  checks = check(cell_name, cell.hidden_size, results, np.asarray(ys_det))
+  worst = max(v for i, d in checks.items() if i != "keras+dropout" for v in d.values())
+  log(f"  {cell_name} {shape}: checks passed (worst difference {worst:.2g})")
+  return checks
+
+
+def row_ratios(med: dict) -> dict:
+  """recurrent's time over each reference's in ``med`` (ms by implementation), and each
+  dropout variant's over its own without dropout."""
+  flax_ref = "flax-opt" if "flax-opt" in med else "flax"
+  ratios = {f"recurrent/{ref}": med["recurrent"] / med[ref] for ref in ("torch", flax_ref)}
+  for ref in ("keras", "jax-rnn"):
+    if ref in med:
+      ratios[f"recurrent/{ref}"] = med["recurrent"] / med[ref]
+  if "rec+dropout" in med:
+    ratios["dropout/no-dropout"] = med["rec+dropout"] / med["recurrent"]
+  if "keras+dropout" in med:
+    ratios["keras dropout/no-dropout"] = med["keras+dropout"] / med["keras"]
+  return ratios
+
+
+def time_rows(shape, cell, calls, repeats, row_seconds, log, **extra) -> list:
+  """One row per mode: every implementation of ``calls`` ({impl: {mode: (callable,
+  compile seconds or None)}}) timed in :func:`timed_rounds`; ``extra`` goes into each row."""
+  batch, steps, inputs, hidden = shape
+  flops_fwd = 2.0 * batch * steps * (inputs + hidden) * cell.num_gates * hidden
+  rows = []
+  for mode in MODES:
+    fns = {impl: c[mode][0] for impl, c in calls.items()}
+    for fn in fns.values():  # a second call (the check made the first): allocations, caches
+      fn()
+    gc.collect()
+    gc.disable()
+    try:
+      samples = timed_rounds(fns, repeats, row_seconds)
+    finally:
+      gc.enable()
+    flops = flops_fwd * (1 if mode == "fwd" else 3)
+    med = {impl: median_ms(s) for impl, s in samples.items()}
+    rows.append(
+      {
+        "shape": list(shape),
+        "cell": cell.name,
+        "mode": mode,
+        "repeats": len(samples["recurrent"]),
+        "median_ms": med,
+        "samples_ms": {impl: [1e3 * t for t in s] for impl, s in samples.items()},
+        "compile_s": {impl: c[mode][1] for impl, c in calls.items() if c[mode][1] is not None},
+        "flops": flops,
+        "ratios": row_ratios(med),
+        "recurrent_gflops": flops / (med["recurrent"] * 1e-3) / 1e9,
+        **extra,
+      }
+    )
+    log(
+      f"  {cell.name} {shape} {mode} (median of {len(samples['recurrent'])}): "
+      + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items())
+    )
+  return rows
+
+
+def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
+  cell, params, xs, r = bench_inputs(shape, cell_name)
+  hidden = cell.hidden_size
   builders = {"recurrent": lambda: build_recurrent(cell, params, xs, r)}
   builders["rec+dropout"] = lambda: build_dropout(cell, params, xs, r)
   if cell_name == "lstm":
@@ -492,60 +572,13 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
   for impl, build in builders.items():
     calls[impl], results[impl] = build()
   keras_scans = {i: res.pop("scan_unroll") for i, res in results.items() if "scan_unroll" in res}
-  ys_det = recurrent.scan(
-    cell, params, xs, dropout=DROPOUT, recurrent_dropout=DROPOUT, deterministic=True
-  )[1]
-  checks = check(cell_name, hidden, results, np.asarray(ys_det))
-  worst = max(v for i, d in checks.items() if i != "keras+dropout" for v in d.values())
-  log(f"  {cell_name} {shape}: checks passed (worst difference {worst:.2g})")
+  checks = checked(cell, params, xs, results, log, shape)
   if keras_scans:
     log(f"  {cell_name} {shape}: Keras lax.scan unroll per traced scan: {keras_scans}")
   del results
-
-  flops_fwd = 2.0 * batch * steps * (inputs + hidden) * cell.num_gates * hidden
-  rows = []
-  for mode in MODES:
-    fns = {impl: c[mode][0] for impl, c in calls.items()}
-    for fn in fns.values():  # a second call (the check made the first): allocations, caches
-      fn()
-    gc.collect()
-    gc.disable()
-    try:
-      samples = timed_rounds(fns, repeats, row_seconds)
-    finally:
-      gc.enable()
-    flops = flops_fwd * (1 if mode == "fwd" else 3)
-    row = {
-      "shape": list(shape),
-      "cell": cell_name,
-      "mode": mode,
-      "repeats": len(samples["recurrent"]),
-      "median_ms": {impl: median_ms(s) for impl, s in samples.items()},
-      "samples_ms": {impl: [1e3 * t for t in s] for impl, s in samples.items()},
-      "compile_s": {impl: c[mode][1] for impl, c in calls.items() if c[mode][1] is not None},
-      "flops": flops,
-      "checks": checks,
-      "keras_scan_unroll": keras_scans,
-    }
-    med = row["median_ms"]
-    flax_ref = "flax-opt" if "flax-opt" in med else "flax"
-    row["ratios"] = {
-      "recurrent/torch": med["recurrent"] / med["torch"],
-      f"recurrent/{flax_ref}": med["recurrent"] / med[flax_ref],
-    }
-    if "rec+dropout" in med:
-      row["ratios"]["dropout/no-dropout"] = med["rec+dropout"] / med["recurrent"]
-    if "keras" in med:
-      row["ratios"]["recurrent/keras"] = med["recurrent"] / med["keras"]
-    if "keras+dropout" in med:
-      row["ratios"]["keras dropout/no-dropout"] = med["keras+dropout"] / med["keras"]
-    row["recurrent_gflops"] = flops / (med["recurrent"] * 1e-3) / 1e9
-    rows.append(row)
-    log(
-      f"  {cell_name} {shape} {mode} (median of {row['repeats']}): "
-      + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items())
-    )
-  return rows
+  return time_rows(
+    shape, cell, calls, repeats, row_seconds, log, checks=checks, keras_scan_unroll=keras_scans
+  )
 
 
 # ---------------------------------------------------------------------------------------
