@@ -44,6 +44,7 @@ import flax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from jax import lax  # noqa: E402
 
@@ -121,7 +122,7 @@ def matmul_peak(n: int = 4096, repeats: int = 10) -> dict:
   """Median float32 TFLOP/s of an ``[n, n] @ [n, n]`` matmul, no TF32, JAX and PyTorch."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   dot = jax.jit(lambda a: jnp.dot(a, a, precision=lax.Precision.HIGHEST)).lower(a).compile()
-  t = torch.from_numpy(jax.device_get(a)).to("cuda" if torch.cuda.is_available() else "cpu")
+  t = torch.from_numpy(np.array(a)).to("cuda" if torch.cuda.is_available() else "cpu")
   sync = torch.cuda.synchronize if t.is_cuda else (lambda: None)
   fns = {"jax": lambda: dot(a).block_until_ready(), "torch": lambda: (torch.mm(t, t), sync())}
   times = {k: [] for k in fns}
