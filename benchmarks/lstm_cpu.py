@@ -60,6 +60,7 @@ at the end.
 """
 
 import argparse
+import functools
 import gc
 import importlib.metadata
 import json
@@ -553,6 +554,20 @@ def time_rows(shape, cell, calls, repeats, row_seconds, log, **extra) -> list:
   return rows
 
 
+def grid_rows(args, log, bench) -> list | None:
+  """Every row of ``args.shapes`` x ``args.cells``, ``bench(shape, cell_name, repeats,
+  row_seconds, log)`` each; None (logged) when implementations disagree."""
+  rows = []
+  try:
+    for shape in args.shapes:
+      for cell_name in args.cells:
+        rows += bench(tuple(shape), cell_name, args.repeats, args.row_seconds, log)
+  except MismatchError as e:
+    log(f"\nMISMATCH: {e}")
+    return None
+  return rows
+
+
 def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
   cell, params, xs, r = bench_inputs(shape, cell_name)
   hidden = cell.hidden_size
@@ -748,13 +763,8 @@ def main(argv=None) -> int:
     f" torch.mm {peak_start['torch']:.0f} GFLOP/s"
   )
 
-  rows = []
-  try:
-    for shape in args.shapes:
-      for cell_name in args.cells:
-        rows += bench_cell(tuple(shape), cell_name, args.repeats, args.row_seconds, log, keras)
-  except MismatchError as e:
-    log(f"\nMISMATCH: {e}")
+  rows = grid_rows(args, log, functools.partial(bench_cell, keras=keras))
+  if rows is None:
     return 1
   peak_end = matmul_peak()
   peak = {k: max(peak_start[k], peak_end[k]) for k in peak_start}

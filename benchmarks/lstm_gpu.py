@@ -31,6 +31,7 @@ of the script itself, not a GPU measurement.
 """
 
 import argparse
+import functools
 import importlib.metadata
 import os
 import platform
@@ -52,7 +53,6 @@ import recurrent  # noqa: E402
 from benchmarks import lstm_cpu  # noqa: E402
 from benchmarks.lstm_cpu import (  # noqa: E402
   DEFAULT_SHAPES,
-  MismatchError,
   _jax_impl,
   bench_inputs,
   build_dropout,
@@ -60,6 +60,7 @@ from benchmarks.lstm_cpu import (  # noqa: E402
   build_recurrent,
   build_torch,
   checked,
+  grid_rows,
   parse_shape,
   save_json,
   time_rows,
@@ -213,13 +214,8 @@ def main(argv=None) -> int:
   env = environment(device)
   log(f"{env}")
   peak_start = matmul_peak()
-  rows = []
-  try:
-    for shape in args.shapes:
-      for cell_name in args.cells:
-        rows += bench_cell(tuple(shape), cell_name, args.repeats, args.row_seconds, log, device)
-  except MismatchError as e:
-    log(f"\nMISMATCH: {e}")
+  rows = grid_rows(args, log, functools.partial(bench_cell, device=device))
+  if rows is None:
     return 1
   peak_end = matmul_peak()
   elapsed = time.perf_counter() - started
