@@ -151,17 +151,19 @@ def interleaved_ms(calls: dict, repeats: int) -> dict:
 # Matmul peak
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
-  """Median float32 GFLOP/s of an ``[n, n] @ [n, n]`` matmul in JAX and in PyTorch."""
+def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "cpu") -> dict:
+  """Median float32 GFLOP/s of an ``[n, n] @ [n, n]`` matmul in JAX and in PyTorch (on
+  ``device``: ``"cuda"`` synchronises after each product), at JAX's default precision."""
   flops = 2.0 * n**3
   rng = np.random.default_rng(0)
   a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
   dot = jax.jit(jnp.dot).lower(a, b).compile()
   ja, jb = jnp.asarray(a), jnp.asarray(b)
-  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+  ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+  sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
   fns = {
     "jax": lambda: dot(ja, jb).block_until_ready(),
-    "torch": lambda: torch.mm(ta, tb),
+    "torch": lambda: (torch.mm(ta, tb), sync()),
   }
   for fn in fns.values():
     fn()
@@ -186,6 +188,21 @@ def save_json(path: str, payload: dict, **dump_options) -> None:
   with open(path + ".tmp", "w") as f:
     json.dump(payload, f, **dump_options)
   os.replace(path + ".tmp", path)
+
+
+def save_run(args, env, peaks, elapsed, rows, **extra) -> None:
+  """Saves a grid run (``lstm_cpu.py``, ``lstm_gpu.py``) to ``args.json``: environment,
+  settings, the matmul peaks ``(start, end)`` in GFLOP/s, total seconds and every row."""
+  payload = {
+    "environment": env,
+    "repeats": args.repeats,
+    "row_seconds": args.row_seconds,
+    "matmul_peak_gflops": dict(zip(("start", "end"), peaks)),
+    "total_s": elapsed,
+    "rows": rows,
+    **extra,
+  }
+  save_json(args.json, payload, indent=1)
 
 
 def finish(rows: list, json_path: str | None) -> None:
@@ -798,16 +815,8 @@ def main(argv=None) -> int:
       " (1: not unrolled)."
     )
   if args.json:
-    payload = {
-      "environment": env,
-      "repeats": args.repeats,
-      "row_seconds": args.row_seconds,
-      "matmul_peak_gflops": {"start": peak_start, "end": peak_end},
-      "load_average": {"start": load_start, "end": load_end},
-      "total_s": elapsed,
-      "rows": rows,
-    }
-    save_json(args.json, payload, indent=1)
+    load = {"start": load_start, "end": load_end}
+    save_run(args, env, (peak_start, peak_end), elapsed, rows, load_average=load)
   return 0
 
 

@@ -32,24 +32,18 @@ of the script itself, not a GPU measurement.
 
 import argparse
 import functools
-import importlib.metadata
 import os
-import platform
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from jax import lax  # noqa: E402
 
-import recurrent  # noqa: E402
 from benchmarks import lstm_cpu  # noqa: E402
 from benchmarks.lstm_cpu import (  # noqa: E402
   DEFAULT_SHAPES,
@@ -61,8 +55,9 @@ from benchmarks.lstm_cpu import (  # noqa: E402
   build_torch,
   checked,
   grid_rows,
+  matmul_peak,
   parse_shape,
-  save_json,
+  save_run,
   time_rows,
 )
 
@@ -119,23 +114,7 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log, device) -> list:
   return time_rows(shape, cell, calls, repeats, row_seconds, log, checks=checks)
 
 
-def matmul_peak(n: int = 4096, repeats: int = 10) -> dict:
-  """Median float32 TFLOP/s of an ``[n, n] @ [n, n]`` matmul, no TF32, JAX and PyTorch."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  dot = jax.jit(lambda a: jnp.dot(a, a, precision=lax.Precision.HIGHEST)).lower(a).compile()
-  t = torch.from_numpy(np.array(a)).to("cuda" if torch.cuda.is_available() else "cpu")
-  sync = torch.cuda.synchronize if t.is_cuda else (lambda: None)
-  fns = {"jax": lambda: dot(a).block_until_ready(), "torch": lambda: (torch.mm(t, t), sync())}
-  times = {k: [] for k in fns}
-  for _ in range(2 + repeats):
-    for k, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - start)
-  return {k: 2.0 * n**3 / statistics.median(v[2:]) / 1e12 for k, v in times.items()}
-
-
-def table(rows, peak_tflops) -> str:
+def table(rows, peak) -> str:
   impls = ("recurrent", "rec+dropout", "flax", "flax-opt", "torch", "jax-rnn")
   head = ["B,T,I,H", "cell", "mode", "n"]
   head += [f"{i} ms" for i in impls]
@@ -159,20 +138,16 @@ def table(rows, peak_tflops) -> str:
       f"{ratios[k]:.2f}" if k in ratios else dash
       for k in ("recurrent/jax-rnn", "dropout/no-dropout")
     ]
-    cells += [f"{gflops:.0f} ({100 * gflops / (1e3 * peak_tflops):.1f}%)"]
+    cells += [f"{gflops:.0f} ({100 * gflops / peak:.1f}%)"]
     cells += [" / ".join(f"{comp[i]:.2f}" if i in comp else dash for i in impls if i != "torch")]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def environment(device) -> dict:
+  """``lstm_cpu.environment`` and the GPU's."""
   return {
-    "python": platform.python_version(),
-    "jax": jax.__version__,
-    "jaxlib": importlib.metadata.version("jaxlib"),
-    "flax": flax.__version__,
-    "torch": torch.__version__,
-    "recurrent": recurrent.__version__,
+    **lstm_cpu.environment(keras=False),
     "jax_devices": [str(d) for d in jax.devices()],
     "torch_device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
     "cudnn": torch.backends.cudnn.version() if device == "cuda" else None,
@@ -213,11 +188,11 @@ def main(argv=None) -> int:
 
   env = environment(device)
   log(f"{env}")
-  peak_start = matmul_peak()
+  peak_start = matmul_peak(4096, device=device)
   rows = grid_rows(args, log, functools.partial(bench_cell, device=device))
   if rows is None:
     return 1
-  peak_end = matmul_peak()
+  peak_end = matmul_peak(4096, device=device)
   elapsed = time.perf_counter() - started
   print(
     f"\nrecurrent {env['recurrent']}: jax {env['jax']}, flax {env['flax']}, torch {env['torch']}"
@@ -226,19 +201,13 @@ def main(argv=None) -> int:
   )
   print(
     "float32 4096x4096 matmul peak (TFLOP/s, before / after the rows):"
-    f" jnp.dot {peak_start['jax']:.1f} / {peak_end['jax']:.1f},"
-    f" torch.mm {peak_start['torch']:.1f} / {peak_end['torch']:.1f}\n"
+    f" jnp.dot {peak_start['jax'] / 1e3:.1f} / {peak_end['jax'] / 1e3:.1f},"
+    f" torch.mm {peak_start['torch'] / 1e3:.1f} / {peak_end['torch'] / 1e3:.1f}\n"
   )
   print(table(rows, max(peak_start["jax"], peak_end["jax"])))
   print(f"\nAll implementations matched recurrent (lstm_cpu.check); total {elapsed:.0f} s.")
   if args.json:
-    payload = {
-      "environment": env,
-      "matmul_peak_tflops": {"start": peak_start, "end": peak_end},
-      "total_s": elapsed,
-      "rows": rows,
-    }
-    save_json(args.json, payload, indent=1)
+    save_run(args, env, (peak_start, peak_end), elapsed, rows)
   return 0
 
 
