@@ -243,9 +243,9 @@ def _jax_impl(forward, variables, xs, r, extra=()):
   return calls, results
 
 
-def build_recurrent(cell, params, xs, r):
+def build_recurrent(cell, params, xs, r, unroll=1):
   def forward(p, x):
-    return recurrent.scan(cell, p, x)[1]
+    return recurrent.scan(cell, p, x, unroll=unroll)[1]
 
   return _jax_impl(forward, params, xs, r)
 

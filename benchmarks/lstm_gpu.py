@@ -86,13 +86,15 @@ def build_jax_rnn(params, xs, r):
   return calls, results
 
 
-def bench_cell(shape, cell_name, repeats, row_seconds, log, device) -> list:
+def bench_cell(shape, cell_name, repeats, row_seconds, log, device, unrolls=()) -> list:
   cell, params, xs, r = bench_inputs(shape, cell_name)
   hidden = cell.hidden_size
   builders = {
     "recurrent": lambda: build_recurrent(cell, params, xs, r),
     "rec+dropout": lambda: build_dropout(cell, params, xs, r),
   }
+  for k in unrolls:
+    builders[f"rec-u{k}"] = functools.partial(build_recurrent, cell, params, xs, r, unroll=k)
   if cell_name == "lstm":
     builders["flax"] = lambda: build_flax(nn.LSTMCell(hidden), params, xs, r)
     builders["flax-opt"] = lambda: build_flax(nn.OptimizedLSTMCell(hidden), params, xs, r)
@@ -114,12 +116,16 @@ def bench_cell(shape, cell_name, repeats, row_seconds, log, device) -> list:
   return time_rows(shape, cell, calls, repeats, row_seconds, log, checks=checks)
 
 
-def table(rows, peak) -> str:
+def table(rows, peak, unrolls=()) -> str:
   impls = ("recurrent", "rec+dropout", "flax", "flax-opt", "torch", "jax-rnn")
+  impls += tuple(f"rec-u{k}" for k in unrolls)
   head = ["B,T,I,H", "cell", "mode", "n"]
   head += [f"{i} ms" for i in impls]
   head += ["rec/torch", "rec/flax-opt (GRU: /GRUCell)", "rec/jax-rnn", "dropout/no-dropout"]
-  head += ["rec GFLOP/s (% of peak)", "compile s: rec / drop / flax / flax-opt / jax-rnn"]
+  head += [f"rec-u{k}/rec" for k in unrolls]
+  compiled = [i.replace("recurrent", "rec").replace("rec+dropout", "drop") for i in impls]
+  compiled = " / ".join(c for c in compiled if c != "torch")
+  head += ["rec GFLOP/s (% of peak)", f"compile s: {compiled}"]
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   dash = "–"
   for row in rows:
@@ -138,6 +144,7 @@ def table(rows, peak) -> str:
       f"{ratios[k]:.2f}" if k in ratios else dash
       for k in ("recurrent/jax-rnn", "dropout/no-dropout")
     ]
+    cells += [f"{med[f'rec-u{k}'] / med['recurrent']:.2f}" for k in unrolls]
     cells += [f"{gflops:.0f} ({100 * gflops / peak:.1f}%)"]
     cells += [" / ".join(f"{comp[i]:.2f}" if i in comp else dash for i in impls if i != "torch")]
     lines.append("| " + " | ".join(cells) + " |")
@@ -168,6 +175,14 @@ def main(argv=None) -> int:
     "--compile-samples", type=int, default=1, help="compiles timed per program (default 1)"
   )
   parser.add_argument("--json", metavar="PATH", help="also write every sample to this file")
+  parser.add_argument(
+    "--unroll",
+    nargs="+",
+    type=int,
+    default=[],
+    metavar="K",
+    help="also time recurrent with lax.scan's unroll=K (the rows rec-uK; default none)",
+  )
   parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (a check)")
   args = parser.parse_args(argv)
   on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
@@ -189,7 +204,7 @@ def main(argv=None) -> int:
   env = environment(device)
   log(f"{env}")
   peak_start = matmul_peak(4096, device=device)
-  rows = grid_rows(args, log, functools.partial(bench_cell, device=device))
+  rows = grid_rows(args, log, functools.partial(bench_cell, device=device, unrolls=args.unroll))
   if rows is None:
     return 1
   peak_end = matmul_peak(4096, device=device)
@@ -204,7 +219,7 @@ def main(argv=None) -> int:
     f" jnp.dot {peak_start['jax'] / 1e3:.1f} / {peak_end['jax'] / 1e3:.1f},"
     f" torch.mm {peak_start['torch'] / 1e3:.1f} / {peak_end['torch'] / 1e3:.1f}\n"
   )
-  print(table(rows, max(peak_start["jax"], peak_end["jax"])))
+  print(table(rows, max(peak_start["jax"], peak_end["jax"]), args.unroll))
   print(f"\nAll implementations matched recurrent (lstm_cpu.check); total {elapsed:.0f} s.")
   if args.json:
     save_run(args, env, (peak_start, peak_end), elapsed, rows)
