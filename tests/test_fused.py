@@ -50,9 +50,12 @@ def _loss(cell, **options):
   ],
   ids=["plain", "reverse-lengths", "lengths-dropout", "reverse-dropout-untied-inputs"],
 )
-def test_fused_gradients_equal_autodiff(kind, options):
+@pytest.mark.parametrize("unroll", [1, 4])
+def test_fused_gradients_equal_autodiff(kind, options, unroll):
   """Values and gradients (params, initial carry, inputs) of the fused path equal plain
-  autodiff of lax.scan, float32, for LSTM and reset-after GRU."""
+  autodiff of lax.scan, float32, for LSTM and reset-after GRU; also with four steps to a
+  loop iteration (T = 6: one iteration of four, one of two), where the loops keep their
+  arrays differently (``fused._steps_apart``)."""
   cell = getattr(recurrent, kind)(H)
   assert cell.pointwise is not None
   params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.key(0), IN))
@@ -63,7 +66,7 @@ def test_fused_gradients_equal_autodiff(kind, options):
     # One recurrent mask per gate takes the plain path itself; keep the inputs untied only.
     options = dict(options, recurrent_dropout=0.0)
   xs, _ = _data()
-  fused = _loss(cell, **options)(params, carry, xs)
+  fused = _loss(cell, unroll=unroll, **options)(params, carry, xs)
   plain = _loss(cell._replace(pointwise=None), **options)(params, carry, xs)
   for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
@@ -202,19 +205,22 @@ def _loop_bodies(hlo: str) -> list:
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("rate", [0.0, 0.3])
 @pytest.mark.parametrize("batch, hidden", [(16, 64), (4, 32), (8, 16)])
-def test_gradient_loops_copy_no_whole_array(kind, rate, batch, hidden):
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_gradient_loops_copy_no_whole_array(kind, rate, batch, hidden, unroll):
   """XLA copies a loop-carried ``[T, ...]`` array at every step when a step writes into it
   while another of the step's reads of it need not come first (the GRU's recurrent-dropout
   backward did: 13% of its forward + backward at (32, 100, 128, 256), in a one-off A/B; at
   H <= 32 the GRU's backward without dropout did, twice a step: 11x Flax's time at
-  (32, 1000, 16, 32)). No loop may copy an array with T rows."""
+  (32, 1000, 16, 32)), and with ``unroll`` > 1 the LSTM's and GRU's backward did, and the
+  LSTM's forward (1.2-2.6x the gradient's time on an H200). No loop may copy an array with
+  T rows."""
   cell = getattr(recurrent, kind)(hidden)
   params = cell.init(jax.random.key(0), 8)
   xs = jax.ShapeDtypeStruct((batch, 50, 8), jnp.float32)
   keys = recurrent.sequence_keys(jax.random.key(1), batch)
 
   def loss(p, x, k):
-    return jnp.sum(recurrent.scan(cell, p, x, recurrent_dropout=rate, key=k)[1])
+    return jnp.sum(recurrent.scan(cell, p, x, recurrent_dropout=rate, key=k, unroll=unroll)[1])
 
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs, keys).compile().as_text()
   bodies = _loop_bodies(hlo)
