@@ -25,6 +25,7 @@ tolerances before any timing; a mismatch stops the run with exit status 1). The 
 Run from the repository root on a machine with a GPU and the CUDA builds of jax and torch::
 
     python benchmarks/lstm_gpu.py [--shapes 32,100,128,256 ...] [--repeats N] [--json PATH]
+        [--unroll K ...]   # also recurrent with lax.scan's unroll=K, against unroll 1
 
 ``--allow-cpu`` runs it where there is no GPU (PyTorch on the CPU, no ``jax-rnn``): a check
 of the script itself, not a GPU measurement.
@@ -185,6 +186,8 @@ def main(argv=None) -> int:
   )
   parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (a check)")
   args = parser.parse_args(argv)
+  if any(k < 1 for k in args.unroll):
+    parser.error(f"--unroll: every K must be a positive int, got {args.unroll}")
   on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
   if not (on_gpu or args.allow_cpu):
     parser.error(
