@@ -543,8 +543,9 @@ def _recurrence_bwd(
     h_first = _masked_h(h_0, h_mask).astype(h_0.dtype)  # the first step's h_{t-1}
   # With several steps in an iteration (_steps_apart) the loop neither rebuilds h nor
   # writes h * m: the product is taken after it.
-  masks_in_loop = mask is not None and _steps_apart(unroll)
-  dz_over_r = hhs is not None and _steps_apart(unroll)  # else a stack of dz_t of its own
+  apart = _steps_apart(unroll)
+  masks_in_loop = mask is not None and apart
+  dz_over_r = hhs is not None and apart  # else the loop stacks dz_t as its output
   reads_ahead = rebuild or masks_in_loop  # the loop carries the next step's row
 
   def body(acc, t, inputs):
@@ -583,8 +584,8 @@ def _recurrence_bwd(
       dzs = _update_index(dzs, dz.astype(dzs.dtype), t, 0)
     row = _index(hs, t - ahead, 0) if reads_ahead else None  # clamped at the end
     hh_t = _index(dzs, t - ahead, 0) if dz_over_r else None
-    dz = None if dz_over_r or hhs is None else dz.astype(hhs.dtype)
-    return (dc, jax.tree.map(jnp.add, d_extra, de), dxs, dzs, hs, row, hh_t), dz
+    dz_out = None if dz_over_r or hhs is None else dz.astype(hhs.dtype)
+    return (dc, jax.tree.map(jnp.add, d_extra, de), dxs, dzs, hs, row, hh_t), dz_out
 
   zeros_extra = jax.tree.map(jnp.zeros_like, extra)
   stack = getattr(carries, host)
@@ -599,7 +600,10 @@ def _recurrence_bwd(
     not reverse,
     unroll,
   )
-  dzs = dxs if dzs is None else dzs if dz_stack is None else dz_stack
+  if dz_stack is not None:
+    dzs = dz_stack
+  elif dzs is None:  # sums: the projection's gradient is dz
+    dzs = dxs
   if not (rebuild or masks_in_loop):
     hs = _masked_h(hs, h_mask)
   hidden = w_hh.shape[0]
