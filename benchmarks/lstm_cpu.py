@@ -114,6 +114,29 @@ def parse_shape(text: str) -> tuple:
   return parts
 
 
+def add_unroll_option(parser) -> None:
+  """``--unroll K [K ...]``: also time recurrent with ``lax.scan``'s ``unroll=K``."""
+
+  def positive(text):
+    if not text.isdigit() or int(text) < 1:
+      raise argparse.ArgumentTypeError(f"K is a positive int, got {text!r}")
+    return int(text)
+
+  parser.add_argument(
+    "--unroll",
+    nargs="+",
+    type=positive,
+    default=[],
+    metavar="K",
+    help="also time recurrent with lax.scan's unroll=K (columns rec-uK; default none)",
+  )
+
+
+def unroll_ratios(med: dict, unrolls) -> list:
+  """The ``rec-uK/rec`` table cells: recurrent's time with ``unroll=K`` over unroll 1's."""
+  return [f"{med[f'rec-u{k}'] / med['recurrent']:.2f}" for k in unrolls]
+
+
 def median_ms(seconds) -> float:
   return 1e3 * statistics.median(seconds)
 
@@ -151,6 +174,11 @@ def interleaved_ms(calls: dict, repeats: int) -> dict:
 # Matmul peak
 
 
+def _torch_sync(device: str):
+  """What ends a timed PyTorch call on ``device``: ``torch.cuda.synchronize`` on a GPU."""
+  return torch.cuda.synchronize if device != "cpu" else (lambda: None)
+
+
 def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "cpu") -> dict:
   """Median float32 GFLOP/s of an ``[n, n] @ [n, n]`` matmul in JAX and in PyTorch (on
   ``device``: ``"cuda"`` synchronises after each product), at JAX's default precision."""
@@ -160,7 +188,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "cpu") -> dict:
   dot = jax.jit(jnp.dot).lower(a, b).compile()
   ja, jb = jnp.asarray(a), jnp.asarray(b)
   ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
-  sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+  sync = _torch_sync(device)
   fns = {
     "jax": lambda: dot(ja, jb).block_until_ready(),
     "torch": lambda: (torch.mm(ta, tb), sync()),
@@ -283,7 +311,7 @@ def build_torch(cell_name, params, xs, r, device="cpu"):
     if not np.array_equal(np.asarray(a), np.asarray(b)):
       raise MismatchError(f"convert.from_torch(to_torch(params)).{name} differs from params")
   module.to(device)
-  sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+  sync = _torch_sync(device)
 
   x_t = torch.from_numpy(np.array(xs)).to(device)
   x_g = x_t.clone().requires_grad_(True)
@@ -585,17 +613,28 @@ def grid_rows(args, log, bench) -> list | None:
   return rows
 
 
-def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True) -> list:
-  cell, params, xs, r = bench_inputs(shape, cell_name)
+def common_builders(cell, params, xs, r, device="cpu", unrolls=()) -> dict:
+  """``{impl: build()}`` of the implementations both grid scripts time: recurrent (also
+  with both dropouts and with each ``unroll`` K, ``rec-uK``), Flax and PyTorch on ``device``."""
   hidden = cell.hidden_size
-  builders = {"recurrent": lambda: build_recurrent(cell, params, xs, r)}
-  builders["rec+dropout"] = lambda: build_dropout(cell, params, xs, r)
-  if cell_name == "lstm":
+  builders = {
+    "recurrent": lambda: build_recurrent(cell, params, xs, r),
+    "rec+dropout": lambda: build_dropout(cell, params, xs, r),
+  }
+  for k in unrolls:
+    builders[f"rec-u{k}"] = functools.partial(build_recurrent, cell, params, xs, r, unroll=k)
+  if cell.name == "lstm":
     builders["flax"] = lambda: build_flax(nn.LSTMCell(hidden), params, xs, r)
     builders["flax-opt"] = lambda: build_flax(nn.OptimizedLSTMCell(hidden), params, xs, r)
   else:
     builders["flax"] = lambda: build_flax(nn.GRUCell(hidden), params, xs, r)
-  builders["torch"] = lambda: build_torch(cell_name, params, xs, r)
+  builders["torch"] = lambda: build_torch(cell.name, params, xs, r, device)
+  return builders
+
+
+def bench_cell(shape, cell_name, repeats, row_seconds, log, keras=True, unrolls=()) -> list:
+  cell, params, xs, r = bench_inputs(shape, cell_name)
+  builders = common_builders(cell, params, xs, r, unrolls=unrolls)
   if keras:
     builders["keras"] = lambda: build_keras(cell_name, params, xs, r)
     builders["keras+dropout"] = lambda: build_keras(cell_name, params, xs, r, dropout=True)
@@ -627,7 +666,7 @@ def target_gflops(row) -> float:
   return row["flops"] / (min(TARGET_VS_TORCH * med["torch"], TARGET_VS_FLAX * flax) * 1e-3) / 1e9
 
 
-def table(rows, peak) -> str:
+def table(rows, peak, unrolls=()) -> str:
   head = [
     "B,T,I,H",
     "cell",
@@ -649,6 +688,7 @@ def table(rows, peak) -> str:
     "GFLOP/s the targets need (% of peak)",
     "compile s: rec / drop / flax / flax-opt / Keras / Keras+drop",
   ]
+  head += [f"rec-u{k} ms" for k in unrolls] + [f"rec-u{k}/rec" for k in unrolls]
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   dash = "–"
   for row in rows:
@@ -688,6 +728,7 @@ def table(rows, peak) -> str:
       f"{need:.0f} ({100 * need / peak:.0f}%)",
       compile_text,
     ]
+    cells += [ms(f"rec-u{k}") for k in unrolls] + unroll_ratios(med, unrolls)
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -744,6 +785,7 @@ def main(argv=None) -> int:
     " without bound",
   )
   parser.add_argument("--json", metavar="PATH", help="also write every sample to this file")
+  add_unroll_option(parser)
   parser.add_argument(
     "--skip-keras",
     action="store_true",
@@ -780,7 +822,7 @@ def main(argv=None) -> int:
     f" torch.mm {peak_start['torch']:.0f} GFLOP/s"
   )
 
-  rows = grid_rows(args, log, functools.partial(bench_cell, keras=keras))
+  rows = grid_rows(args, log, functools.partial(bench_cell, keras=keras, unrolls=args.unroll))
   if rows is None:
     return 1
   peak_end = matmul_peak()
@@ -800,7 +842,7 @@ def main(argv=None) -> int:
     f" jnp.dot {peak_start['jax']:.0f} / {peak_end['jax']:.0f},"
     f" torch.mm {peak_start['torch']:.0f} / {peak_end['torch']:.0f}\n"
   )
-  print(table(rows, peak["jax"]))
+  print(table(rows, peak["jax"], args.unroll))
   print(
     f"\nAll implementations matched recurrent (outputs < {OUTPUT_ATOL} abs; gradients w.r.t."
     f" params and inputs < {GRAD_RTOL} relative to max(1, max |grad|))."

@@ -39,7 +39,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
@@ -49,17 +48,16 @@ from benchmarks import lstm_cpu  # noqa: E402
 from benchmarks.lstm_cpu import (  # noqa: E402
   DEFAULT_SHAPES,
   _jax_impl,
+  add_unroll_option,
   bench_inputs,
-  build_dropout,
-  build_flax,
-  build_recurrent,
-  build_torch,
   checked,
+  common_builders,
   grid_rows,
   matmul_peak,
   parse_shape,
   save_run,
   time_rows,
+  unroll_ratios,
 )
 
 
@@ -89,19 +87,7 @@ def build_jax_rnn(params, xs, r):
 
 def bench_cell(shape, cell_name, repeats, row_seconds, log, device, unrolls=()) -> list:
   cell, params, xs, r = bench_inputs(shape, cell_name)
-  hidden = cell.hidden_size
-  builders = {
-    "recurrent": lambda: build_recurrent(cell, params, xs, r),
-    "rec+dropout": lambda: build_dropout(cell, params, xs, r),
-  }
-  for k in unrolls:
-    builders[f"rec-u{k}"] = functools.partial(build_recurrent, cell, params, xs, r, unroll=k)
-  if cell_name == "lstm":
-    builders["flax"] = lambda: build_flax(nn.LSTMCell(hidden), params, xs, r)
-    builders["flax-opt"] = lambda: build_flax(nn.OptimizedLSTMCell(hidden), params, xs, r)
-  else:
-    builders["flax"] = lambda: build_flax(nn.GRUCell(hidden), params, xs, r)
-  builders["torch"] = lambda: build_torch(cell_name, params, xs, r, device)
+  builders = common_builders(cell, params, xs, r, device, unrolls)
   if cell_name == "lstm" and device == "cuda":
     builders["jax-rnn"] = lambda: build_jax_rnn(params, xs, r)
   calls, results = {}, {}
@@ -145,7 +131,7 @@ def table(rows, peak, unrolls=()) -> str:
       f"{ratios[k]:.2f}" if k in ratios else dash
       for k in ("recurrent/jax-rnn", "dropout/no-dropout")
     ]
-    cells += [f"{med[f'rec-u{k}'] / med['recurrent']:.2f}" for k in unrolls]
+    cells += unroll_ratios(med, unrolls)
     cells += [f"{gflops:.0f} ({100 * gflops / peak:.1f}%)"]
     cells += [" / ".join(f"{comp[i]:.2f}" if i in comp else dash for i in impls if i != "torch")]
     lines.append("| " + " | ".join(cells) + " |")
@@ -176,18 +162,9 @@ def main(argv=None) -> int:
     "--compile-samples", type=int, default=1, help="compiles timed per program (default 1)"
   )
   parser.add_argument("--json", metavar="PATH", help="also write every sample to this file")
-  parser.add_argument(
-    "--unroll",
-    nargs="+",
-    type=int,
-    default=[],
-    metavar="K",
-    help="also time recurrent with lax.scan's unroll=K (the rows rec-uK; default none)",
-  )
+  add_unroll_option(parser)
   parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (a check)")
   args = parser.parse_args(argv)
-  if any(k < 1 for k in args.unroll):
-    parser.error(f"--unroll: every K must be a positive int, got {args.unroll}")
   on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
   if not (on_gpu or args.allow_cpu):
     parser.error(

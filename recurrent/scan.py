@@ -52,12 +52,13 @@ def scan(
       reversed within its own length: its output at step t has seen steps
       ``t..len-1``, and its padding stays at the end, aligned with the forward run.
     time_major: whether time is the first axis of ``xs`` and of the outputs.
-    unroll: steps per loop iteration, passed to ``lax.scan``. 1 (the default) is the
-      fastest on the CPU; on a GPU, where each iteration costs kernel launches, more can
-      pay for long sequences of a small batch (8 at ``[1, 1000, 64]``, ``H = 128`` on an
-      H200: forward 0.88x, gradient 0.69x unroll 1's time), less so for batches
-      (``benchmarks/lstm_gpu.py --unroll``). Above 1, the gradient keeps one stack more:
-      the LSTM's ``h`` ``[T, B..., H]``, the GRU's ``dz`` ``[T, B..., 3H]``.
+    unroll: steps per loop iteration, passed to ``lax.scan``. On the CPU more than 1 (the
+      default) did not pay: unroll 2-8 took 1.08-1.37x unroll 1's time for the gradient and
+      0.96-1.15x for the forward (``benchmarks/lstm_cpu.py --unroll``). On a GPU, where
+      each iteration costs kernel launches, it can for long sequences of a small batch (8
+      at ``[1, 1000, 64]``, ``H = 128`` on an H200: forward 0.88x, gradient 0.69x), less so
+      for batches (``benchmarks/lstm_gpu.py --unroll``). Above 1, the gradient keeps one
+      stack more: the LSTM's ``h`` ``[T, B..., H]``, the GRU's ``dz`` ``[T, B..., 3H]``.
     remat_every: None, or k: rematerialise the recurrence in chunks of k steps, so the
       backward pass keeps the inputs and one carry per chunk and recomputes the rest
       (input projection included), for one more forward pass: the activations kept grow
