@@ -64,11 +64,14 @@ def build(prefix: str, out_dir: str) -> str:
   lib_dir = os.path.join(prefix, "lib")
   path = os.path.join(out_dir, "librnn_forward.so")
   command = [
-    "g++", "-O2", "-std=c++17", "-shared", "-fPIC", SOURCE, f"-I{jax.ffi.include_dir()}",
-    f"-I{os.path.join(prefix, 'include')}", f"-L{lib_dir}", "-ldnnl",
-    f"-Wl,-rpath,{lib_dir}", "-o", path,
+    "g++", "-O2", "-std=c++17", "-shared", "-fPIC", "-w",  # -w: jaxlib's FFI headers warn
+    SOURCE, f"-I{jax.ffi.include_dir()}", f"-I{os.path.join(prefix, 'include')}",
+    f"-L{lib_dir}", "-ldnnl", f"-Wl,-rpath,{lib_dir}", "-o", path,
   ]  # fmt: skip
-  subprocess.run(command + ["-w"], check=True)
+  try:
+    subprocess.run(command, check=True)
+  except FileNotFoundError:
+    raise SystemExit("building the custom call needs g++ (a C++17 compiler) on PATH") from None
   return path
 
 
