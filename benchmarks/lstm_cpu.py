@@ -82,6 +82,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import recurrent  # noqa: E402
+from benchmarks.target_status import TARGET_VS_FLAX, TARGET_VS_TORCH  # noqa: E402
 from recurrent import convert  # noqa: E402
 
 DEFAULT_SHAPES = ((32, 100, 128, 256), (64, 200, 256, 512), (256, 50, 64, 128), (1, 1000, 64, 128))
@@ -98,9 +99,6 @@ GRAD_RTOL = 1e-4
 IMPLS = ("recurrent", "rec+dropout", "flax", "flax-opt", "torch", "keras", "keras+dropout")
 KERAS_INSTALL = "pip install -e '.[bench]'"
 MODES = ("fwd", "fwd+bwd")
-# The speed targets: recurrent's time at most this share of PyTorch's and of Flax's.
-TARGET_VS_TORCH = 1.0
-TARGET_VS_FLAX = 0.75
 
 
 class MismatchError(AssertionError):

@@ -43,7 +43,13 @@ import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 import recurrent  # noqa: E402
-from benchmarks.lstm_cpu import DEFAULT_SHAPES, interleaved_ms, parse_shape  # noqa: E402
+from benchmarks.lstm_cpu import (  # noqa: E402
+  DEFAULT_SHAPES,
+  _swap_rz,
+  bench_inputs,
+  interleaved_ms,
+  parse_shape,
+)
 from recurrent import convert  # noqa: E402
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_ffi", "rnn_forward.cc")
@@ -85,15 +91,10 @@ def register(path: str) -> str:
   return f"oneDNN v{v.major}.{v.minor}.{v.patch}, CPU runtime {v.cpu_runtime:#x}"
 
 
-def _swap_rz(a):
-  """recurrent's GRU gate blocks ``r, z, n`` <-> oneDNN's ``z, r, n`` (its own inverse)."""
-  r_gate, z_gate, n_gate = jnp.split(a, 3, axis=-1)
-  return jnp.concatenate([z_gate, r_gate, n_gate], axis=-1)
-
-
 def onednn_params(params) -> tuple:
   """``(w_ih, w_hh, b)`` in oneDNN's gate order: an LSTM's as they are; a GRU's with r and
-  z swapped and ``b = (b_z, b_r, b_in, b_hn)``, the r and z biases summed."""
+  z swapped (oneDNN's ``z, r, n`` is Keras's order) and ``b = (b_z, b_r, b_in, b_hn)``,
+  the r and z biases summed."""
   if isinstance(params, recurrent.LSTMParams):
     return params.w_ih, params.w_hh, params.b
   (b_ir, b_iz, b_in), (b_hr, b_hz, b_hn) = (jnp.split(b, 3) for b in (params.b_ih, params.b_hh))
@@ -109,19 +110,9 @@ def onednn_forward(params, xs, any_weights: bool = True):
   return call(xs, *onednn_params(params), any_weights=np.int64(any_weights))
 
 
-def with_random_biases(params, key):
-  """The params with every bias drawn (they start at zero), so the check covers them."""
-  fields = [f for f in params._fields if f.startswith("b")]
-  keys = jax.random.split(key, len(fields))
-  return params._replace(**{f: 0.1 * jax.random.normal(k, getattr(params, f).shape)
-                            for f, k in zip(fields, keys)})  # fmt: skip
-
-
 def bench(shape, cell_name: str, repeats: int) -> dict:
-  batch, steps, inputs, hidden = shape
-  cell = getattr(recurrent, cell_name)(hidden)
-  params = with_random_biases(cell.init(jax.random.key(0), inputs), jax.random.key(2))
-  xs = jax.random.normal(jax.random.key(1), (batch, steps, inputs))
+  cell, params, xs, _ = bench_inputs(shape, cell_name)  # lstm_cpu.py's, biases drawn
+  hidden = cell.hidden_size
   rnn = nn.RNN(nn.OptimizedLSTMCell(hidden) if cell_name == "lstm" else nn.GRUCell(hidden))
   variables = {"params": {"cell": convert.to_flax(params)["params"]}}
   programs = {
