@@ -10,11 +10,12 @@ and weight converters (:mod:`recurrent.convert`). Flax modules over them live in
 import importlib
 
 from recurrent import convert, dropout
-from recurrent.cell import Cell
+from recurrent.cell import Cell, FastPath
 from recurrent.dropout import mc_average, sequence_keys
 from recurrent.gru import GRUGates, GRUParams, GRUState, gru
 from recurrent.layers import Bidirectional, bidirectional, init_layers, stack
 from recurrent.lstm import LSTMGates, LSTMParams, LSTMState, lstm
+from recurrent.options import Options
 from recurrent.scan import scan, trace
 
 __version__ = "0.1.0"
@@ -30,12 +31,14 @@ def __getattr__(name: str):
 __all__ = [
   "Bidirectional",
   "Cell",
+  "FastPath",
   "GRUGates",
   "GRUParams",
   "GRUState",
   "LSTMGates",
   "LSTMParams",
   "LSTMState",
+  "Options",
   "bidirectional",
   "convert",
   "dropout",

@@ -1,8 +1,6 @@
 """Input validation, in Python, before anything is traced: each error names the argument,
 what it got and what was expected."""
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,20 +18,6 @@ def floating(name: str, x) -> None:
     raise TypeError(
       f"{name} has dtype {dtype}; expected a floating dtype (float32, bfloat16, float64)."
       " Embed integer tokens first, e.g. with an embedding table."
-    )
-
-
-def rate(name: str, value) -> None:
-  if isinstance(value, jax.core.Tracer) or not isinstance(value, numbers.Real):
-    raise TypeError(f"{name} must be a Python float in [0, 1), got {value!r}")
-  if not 0.0 <= value < 1.0:
-    raise ValueError(f"{name} must be in [0, 1), got {value}")
-
-
-def flag(name: str, value) -> None:
-  if not isinstance(value, (bool, np.bool_)):
-    raise TypeError(
-      f"{name} must be a Python bool (a static flag, not a traced value), got {value!r}"
     )
 
 

@@ -1,4 +1,4 @@
-"""The cell interface shared by every recurrent cell, and the numerics they share.
+"""The cell protocol shared by every recurrent cell, and the numerics cells share.
 
 Shape legend: B batch (any number of leading dims, or none), T time, I input size,
 H hidden size, G number of gates (4 for LSTM, 3 for GRU).
@@ -7,13 +7,16 @@ A cell is a :class:`Cell`: a bundle of pure functions whose hyper-parameters liv
 closure of its factory (``recurrent.lstm(hidden_size)``, ``recurrent.gru(hidden_size)``).
 A step is split in two so a driver can hoist the input half out of the time loop:
 
-* ``project(params, x, mask=None)``: the input projection ``x @ w_ih`` for any number
-  of steps at once, ``x [..., I] -> tuple of G arrays [..., H]``;
-* ``recur(params, carry, xp, mask=None)``: the recurrent half of one step, biases
-  included, ``-> (carry, h, gates)``.
+* ``project(params, x, mask=None)``: the input half for any number of steps at once,
+  ``x [..., I] -> xp`` (for the built-in cells a tuple of G arrays ``[..., H]``);
+* ``recur(params, carry, xp_t, mask=None)``: the rest of one step, ``-> (carry, h, gates)``.
 
 ``step(params, carry, x)`` composes the two, with the ``lax.scan`` signature
-``-> (carry, h)``.
+``-> (carry, h)``. That is all a cell must provide: :func:`recurrent.scan` differentiates
+any such cell with plain autodiff of ``lax.scan``. A cell may also declare a
+:class:`FastPath`, a promise about the shape of its maths that lets the driver run the
+hand-written backward pass of :mod:`recurrent.fused` instead; the driver never infers
+that shape from names or by tracing, so a cell that declares nothing is always right.
 """
 
 import functools
@@ -28,28 +31,64 @@ Array = jax.Array
 Mask = Union[None, Array, Sequence[Array]]
 
 
+class FastPath(NamedTuple):
+  """What a cell promises so that the driver may use :mod:`recurrent.fused`.
+
+  Declaring it states, for every ``params``, carry and mask (one array, not one per gate):
+
+  * the carry is a NamedTuple whose field ``h [..., H]`` is the state that feeds the
+    recurrent matmul;
+  * ``project(params, x, mask) == gate_split((x * mask) @ input_weights(params), G)``: a
+    plain matmul, no bias, no normalisation (the fast path computes it itself, from
+    ``input_weights``, and differentiates it as a matmul);
+  * ``recur(params, carry, xp_t, mask) == pointwise(pointwise_params(params), carry, xp_t,
+    hh)`` with ``hh = gate_split((carry.h * mask) @ recurrent_weights(params), G)``.
+
+  Attributes:
+    pointwise: ``pointwise(extra, carry, xp_t, hh) -> (carry, h, gates)``, the step after
+      both matmuls, elementwise over the batch.
+    pointwise_params: ``pointwise_params(params) -> extra``, the params ``pointwise``
+      reads (the biases).
+    input_weights: ``input_weights(params) -> w_ih [I, G*H]``.
+    recurrent_weights: ``recurrent_weights(params) -> w_hh [H, G*H]``.
+    sums_only: ``pointwise`` uses each gate's ``xp_t`` and ``hh`` only as their sum
+      ``xp_t + hh`` (every LSTM gate; not the reset-after GRU's candidate). The gradient
+      then keeps one ``[T, B..., G*H]`` array instead of two.
+    h_host: None, or the name of a carry field of ``h``'s shape and dtype when
+      ``pointwise`` never reads ``carry.h`` (the LSTM's reads only ``c``): the backward
+      pass then rebuilds ``h`` in that field's stack instead of the forward keeping one.
+
+  A wrong declaration gives wrong gradients; ``tests/test_fused.py`` checks the built-in
+  cells' against plain autodiff (``cell._replace(fast=None)``).
+  """
+
+  pointwise: Callable[..., Any]
+  pointwise_params: Callable[..., Any]
+  input_weights: Callable[..., Any]
+  recurrent_weights: Callable[..., Any]
+  sums_only: bool = False
+  h_host: str | None = None
+
+
 class Cell(NamedTuple):
   """A recurrent cell as pure functions (see the module docstring).
 
   Attributes:
-    init: ``init(key, input_size) -> params``, a named pytree of fused gate weights.
+    init: ``init(key, input_size) -> params``, a pytree.
     initial_carry: ``initial_carry(batch_shape=(), dtype=None) -> carry``, zeros.
-    project: ``project(params, x, mask=None) -> xp``, ``x @ w_ih`` without bias;
-      ``x [..., I]``, ``xp`` a tuple of G arrays ``[..., H]``; ``mask`` multiplies ``x``
-      (broadcast to it), or is a tuple of G masks, one per gate.
-    recur: ``recur(params, carry, xp_t, mask=None) -> (carry, h, gates)``, adding the
-      biases; ``mask`` multiplies ``h_{t-1}`` where it feeds the recurrent matmul (one
-      array or G of them).
+    project: ``project(params, x, mask=None) -> xp``, the input half of a step for any
+      number of steps, ``x [..., I]``; ``mask`` multiplies ``x`` (broadcast to it), or is
+      a tuple of G masks, one per gate.
+    recur: ``recur(params, carry, xp_t, mask=None) -> (carry, h, gates)``, the rest of the
+      step; ``mask`` multiplies the recurrent state where it feeds the recurrent matmul
+      (one array or G of them).
     step: ``step(params, carry, x) -> (carry, h)``, ``x [..., I]``, ``h [..., H]``.
-    hidden_size: H.
-    num_gates: G.
-    name: ``'lstm'`` or ``'gru'``.
-    pointwise: ``pointwise(extra, carry, xp_t, hh) -> (carry, h, gates)``, the step after
-      the recurrent matmul ``hh = (h * mask) @ w_hh`` (a tuple of G arrays ``[..., H]``),
-      or None for cells whose step is not shaped that way (reset-before GRU). With it the
-      driver uses the hand-written backward pass of :mod:`recurrent.fused`.
-    pointwise_params: ``pointwise_params(params) -> extra``, the params ``pointwise``
-      reads: the biases.
+    hidden_size: H, the size of the outputs ``h`` and of the state the recurrent mask
+      multiplies.
+    num_gates: G, how many masks ``per_gate_masks`` draws for each input.
+    input_size: ``input_size(params) -> I``, the feature size the params take.
+    name: a label for messages and tables; nothing dispatches on it.
+    fast: a :class:`FastPath`, or None: plain autodiff of ``lax.scan``.
     dtype: the matmul operand dtype the cell was made with (None: the params' dtype).
   """
 
@@ -60,10 +99,15 @@ class Cell(NamedTuple):
   step: Callable[..., Any]
   hidden_size: int
   num_gates: int
-  name: str
-  pointwise: Callable[..., Any] | None = None
-  pointwise_params: Callable[..., Any] | None = None
+  input_size: Callable[..., Any]
+  name: str = "cell"
+  fast: FastPath | None = None
   dtype: Any = None
+
+
+def carry_dtype(params):
+  """The dtype of a cell's carry for ``params``: that of the params' first leaf."""
+  return jax.tree.leaves(params)[0].dtype
 
 
 def dot(x: Array, w: Array, dtype, result_dtype=None) -> Array:

@@ -113,7 +113,7 @@ def apply(keys, xs: Array, rate: float, *, time_major: bool = False, determinist
   Args:
     keys: key array ``[B...]``, one key per sequence.
     xs: ``[B..., T, F]`` (``[T, B..., F]`` if ``time_major``).
-    rate: drop probability in ``[0, 1)``.
+    rate: drop probability in ``[0, 1)``, a float or a floating scalar array.
     time_major: whether time is the first axis of ``xs``.
     deterministic: True returns ``xs`` unchanged.
 
@@ -121,9 +121,10 @@ def apply(keys, xs: Array, rate: float, *, time_major: bool = False, determinist
     ``xs`` times one mask per sequence, the same at every time step.
   """
   from recurrent import _checks
+  from recurrent import options as _options
 
-  _checks.rate("rate", rate)
-  if deterministic or rate == 0.0:
+  _options.check_rate("rate", rate)
+  if deterministic or not _options.is_on(rate):
     return xs
   keys = _checks.keys(keys, "keys", xs.shape[1:-1] if time_major else xs.shape[:-2])
   (mask,) = masks(keys, xs.shape[-1], rate, dtype=xs.dtype)

@@ -155,5 +155,24 @@ def gru(
     new_carry, h, _ = recur(params, carry, project(params, x))
     return new_carry, h
 
-  fused = (pointwise, pointwise_params) if reset_after else (None, None)
-  return _cell.Cell(init, initial_carry, project, recur, step, hs, 3, "gru", *fused, dtype)
+  fast = None
+  if reset_after:  # reset-before multiplies h by r before its matmul: not that shape
+    fast = _cell.FastPath(
+      pointwise,
+      pointwise_params,
+      input_weights=lambda params: params.w_ih,
+      recurrent_weights=lambda params: params.w_hh,
+    )
+  return _cell.Cell(
+    init,
+    initial_carry,
+    project,
+    recur,
+    step,
+    hs,
+    3,
+    input_size=lambda params: params.w_ih.shape[0],
+    name="gru",
+    fast=fast,
+    dtype=dtype,
+  )

@@ -9,14 +9,16 @@ for layer ``l`` and direction ``d`` are ``fold_in(fold_in(key, l), d)`` of each
 sequence's key, so every layer and direction draws its own masks.
 """
 
-from typing import Any, NamedTuple, Sequence, Union
+import dataclasses
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from recurrent import _checks
 from recurrent import dropout as _dropout
-from recurrent.scan import scan
+from recurrent import options as _options
+from recurrent.scan import run
 
 
 class Bidirectional(NamedTuple):
@@ -51,13 +53,44 @@ def init_layers(
   return layers
 
 
-def _dropout_on(deterministic, dropout: tuple, recurrent_dropout: tuple) -> bool:
-  """Checks the flag and every rate, then says whether any dropout is on."""
-  _checks.flag("deterministic", deterministic)
-  for name, rates in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
-    for rate in rates:
-      _checks.rate(name, rate)
-  return not deterministic and any(r > 0.0 for r in dropout + recurrent_dropout)
+def layer_keys(keys, layer: int, direction: int | None = None):
+  """The per-sequence keys ``[B...]`` of layer ``layer`` (and ``direction``, 0 forward,
+  1 backward, for a bidirectional layer): the one place keys are derived for layers."""
+  if keys is None:
+    return None
+  path = (layer,) if direction is None else (layer, direction)
+  return _dropout.derive(keys, *path)
+
+
+def _layer(cell, params, xs, options, initial_carry, seq_lengths, keys):
+  """One layer of a stack, uni- or bidirectional; ``keys`` already the layer's."""
+  if not isinstance(params, Bidirectional):
+    if isinstance(initial_carry, Bidirectional):
+      raise ValueError(
+        "initial_carry of a unidirectional layer must be one carry, got a recurrent."
+        "Bidirectional pair"
+      )
+    return run(cell, params, xs, options, initial_carry, seq_lengths, keys)
+  carries = initial_carry if initial_carry is not None else Bidirectional(None, None)
+  if not isinstance(carries, Bidirectional):
+    raise ValueError(
+      "initial_carry of a bidirectional layer must be a recurrent.Bidirectional(forward,"
+      f" backward) pair, got {type(carries).__name__}"
+    )
+  finals, outputs = [], []
+  for direction, (p, c) in enumerate(zip(params, carries)):
+    k = None if keys is None else _dropout.derive(keys, direction)
+    opts = dataclasses.replace(options, reverse=bool(direction))
+    final, ys = run(cell, p, xs, opts, c, seq_lengths, k)
+    finals.append(final)
+    outputs.append(ys)
+  return Bidirectional(*finals), jnp.concatenate(outputs, axis=-1)
+
+
+def _checked_keys(options, key, xs):
+  if not options.dropout_on:
+    return None
+  return _checks.keys(key, "key", _checks.sequence("xs", xs, options.time_major)[0])
 
 
 def bidirectional(
@@ -66,51 +99,31 @@ def bidirectional(
   xs,
   *,
   initial_carry=None,
+  seq_lengths=None,
   key=None,
-  time_major: bool = False,
+  options=None,
   **kwargs,
 ):
   """A forward and a backward :func:`recurrent.scan` with outputs concatenated.
 
   Takes the keyword arguments of :func:`recurrent.scan` except ``reverse``. With
   ``seq_lengths`` the backward half reverses each sequence within its own length, so both
-  halves line up on a padded batch.
+  halves line up on a padded batch. The directions draw their masks from
+  ``fold_in(key, 0)`` and ``fold_in(key, 1)`` of each sequence's key.
 
   Returns:
     ``(Bidirectional(forward_carry, backward_carry), outputs [B..., T, 2H])``.
   """
   if "reverse" in kwargs:
     raise TypeError("bidirectional() runs both directions; it takes no reverse argument")
-  for name, value in (("params", params), ("initial_carry", initial_carry)):
-    if value is not None and not isinstance(value, Bidirectional):
-      raise ValueError(
-        f"{name} of a bidirectional layer must be a recurrent.Bidirectional(forward,"
-        f" backward) pair, got {type(value).__name__}"
-      )
-  carries = initial_carry if initial_carry is not None else Bidirectional(None, None)
-  keys = Bidirectional(None, None)
-  if _dropout_on(
-    kwargs.get("deterministic", False),
-    (kwargs.get("dropout", 0.0),),
-    (kwargs.get("recurrent_dropout", 0.0),),
-  ):
-    batch_shape = _checks.sequence("xs", xs, time_major)[0]
-    k = _checks.keys(key, "key", batch_shape)
-    keys = Bidirectional(_dropout.derive(k, 0), _dropout.derive(k, 1))
-  finals, outputs = zip(
-    *(
-      scan(cell, p, xs, initial_carry=c, key=k, time_major=time_major, reverse=r, **kwargs)
-      for p, c, k, r in zip(params, carries, keys, (False, True))
+  options = _options.make("bidirectional", options, kwargs).one_layer("bidirectional")
+  if not isinstance(params, Bidirectional):
+    raise ValueError(
+      "params of a bidirectional layer must be a recurrent.Bidirectional(forward,"
+      f" backward) pair, got {type(params).__name__}"
     )
-  )
-  return Bidirectional(*finals), jnp.concatenate(outputs, axis=-1)
-
-
-def _per_layer(name: str, value, num_layers: int) -> tuple:
-  values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * num_layers
-  if len(values) != num_layers:
-    raise ValueError(f"{name} has {len(values)} rates; expected one per layer ({num_layers})")
-  return values
+  keys = _checked_keys(options, key, xs)
+  return _layer(cell, params, xs, options, initial_carry, seq_lengths, keys)
 
 
 def stack(
@@ -120,14 +133,9 @@ def stack(
   *,
   initial_carry=None,
   seq_lengths=None,
-  time_major: bool = False,
-  unroll: int = 1,
-  remat_every: int | None = None,
-  dropout: Union[float, Sequence[float]] = 0.0,
-  recurrent_dropout: Union[float, Sequence[float]] = 0.0,
-  per_gate_masks: bool = False,
   key=None,
-  deterministic: bool = False,
+  options=None,
+  **kwargs,
 ):
   """Runs a stack of layers (each uni- or bidirectional) over ``xs``.
 
@@ -138,13 +146,13 @@ def stack(
     xs: ``[B..., T, I]`` (``[T, B..., I]`` if ``time_major``).
     initial_carry: None, or a list of per-layer carries shaped like ``params``.
     seq_lengths: int ``[B...]``; see :func:`recurrent.scan`.
-    time_major, unroll, remat_every, per_gate_masks, deterministic: as in
-      :func:`recurrent.scan`.
-    dropout: time-invariant dropout on each layer's input; a float for every layer, or
+    key: PRNG keys ``[B...]``, one per sequence (:func:`recurrent.sequence_keys`).
+    options: a :class:`recurrent.Options`; keyword arguments override its fields, which
+      are those of :func:`recurrent.scan` (``reverse`` runs every layer backwards), with:
+    dropout: time-invariant dropout on each layer's input; a rate for every layer, or
       one rate per layer. ``dropout=(0.0, p, p)`` drops only between layers, where
       PyTorch's ``nn.LSTM(dropout=p)`` does (but with one mask per sequence).
-    recurrent_dropout: rate on ``h_{t-1}``, a float or one per layer.
-    key: PRNG keys ``[B...]``, one per sequence (:func:`recurrent.sequence_keys`).
+    recurrent_dropout: rate on ``h_{t-1}``, one rate or one per layer.
 
   Returns:
     ``(final_carries, outputs)``: a list of per-layer final carries and the top layer's
@@ -160,38 +168,27 @@ def stack(
     >>> ys.shape, len(carries), carries[1].backward.h.shape
     ((4, 6, 16), 2, (4, 8))
   """
+  options = _options.make("stack", options, kwargs)
+  if not isinstance(params, (list, tuple)) or hasattr(params, "_fields"):
+    raise TypeError(
+      "params of a stack must be a list with one entry per layer (recurrent.init_layers),"
+      f" got {type(params).__name__}"
+    )
   num_layers = len(params)
   if num_layers < 1:
     raise ValueError("params must hold at least one layer, got an empty list")
-  dropouts = _per_layer("dropout", dropout, num_layers)
-  recurrent_dropouts = _per_layer("recurrent_dropout", recurrent_dropout, num_layers)
+  per_layer = options.per_layer(num_layers)
   carries = [None] * num_layers if initial_carry is None else list(initial_carry)
   if len(carries) != num_layers:
     raise ValueError(
       f"initial_carry has {len(carries)} layers; expected one per layer ({num_layers})"
     )
-  if _dropout_on(deterministic, dropouts, recurrent_dropouts):
-    key = _checks.keys(key, "key", _checks.sequence("xs", xs, time_major)[0])
-  else:
-    key = None
-
+  keys = _checked_keys(options, key, xs)
   finals = []
-  for layer, layer_params in enumerate(params):
-    options = dict(
-      seq_lengths=seq_lengths,
-      time_major=time_major,
-      unroll=unroll,
-      remat_every=remat_every,
-      dropout=dropouts[layer],
-      recurrent_dropout=recurrent_dropouts[layer],
-      per_gate_masks=per_gate_masks,
-      deterministic=deterministic,
-      initial_carry=carries[layer],
-    )
-    layer_key = None if key is None else _dropout.derive(key, layer)
-    if isinstance(layer_params, Bidirectional):
-      final, xs = bidirectional(cell, layer_params, xs, key=layer_key, **options)
-    else:
-      final, xs = scan(cell, layer_params, xs, key=layer_key, **options)
+  for layer, (layer_params, layer_options) in enumerate(zip(params, per_layer)):
+    final, xs = _layer(
+      cell, layer_params, xs, layer_options, carries[layer], seq_lengths,
+      layer_keys(keys, layer),
+    )  # fmt: skip
     finals.append(final)
   return finals, xs

@@ -126,7 +126,24 @@ def lstm(
     new_carry, h, _ = recur(params, carry, project(params, x))
     return new_carry, h
 
-  biases = lambda params: params.b  # noqa: E731
+  fast = _cell.FastPath(
+    pointwise,
+    pointwise_params=lambda params: params.b,
+    input_weights=lambda params: params.w_ih,
+    recurrent_weights=lambda params: params.w_hh,
+    sums_only=True,  # every gate reads x + r only
+    h_host="c",  # pointwise reads c, never h
+  )
   return _cell.Cell(
-    init, initial_carry, project, recur, step, hs, 4, "lstm", pointwise, biases, dtype
+    init,
+    initial_carry,
+    project,
+    recur,
+    step,
+    hs,
+    4,
+    input_size=lambda params: params.w_ih.shape[0],
+    name="lstm",
+    fast=fast,
+    dtype=dtype,
   )

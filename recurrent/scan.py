@@ -3,44 +3,30 @@
 Shape legend: B batch (any leading dims, or none), T time, I input size, H hidden size.
 
 The input projection of all T steps is one matmul before the loop (``cell.project``); the
-loop body does the recurrent matmul and the gate math only (``cell.recur``). On the CPU a
-forward that is not differentiated projects long sequences in chunks of steps instead
-(:func:`recurrent.fused.projection_chunk`), and runs small batches feature-major
-(:func:`recurrent.fused.feature_major`). Dropout masks are drawn once per sequence before
-the loop (see :mod:`recurrent.dropout`).
+loop body does the recurrent matmul and the gate math only (``cell.recur``). A cell that
+declares a :class:`recurrent.cell.FastPath` runs on :mod:`recurrent.fused` instead, whose
+forward alone may lay its arrays out otherwise (:mod:`recurrent.fused.policy`). Dropout
+masks are drawn once per sequence before the loop (see :mod:`recurrent.dropout`).
 """
-
-import math
 
 import jax
 import jax.numpy as jnp
 
 from recurrent import _checks
+from recurrent import cell as _cell
 from recurrent import dropout as _dropout
 from recurrent import fused as _fused
+from recurrent import options as _options
 
 
 def scan(
-  cell,
-  params,
-  xs,
-  *,
-  initial_carry=None,
-  seq_lengths=None,
-  reverse: bool = False,
-  time_major: bool = False,
-  unroll: int = 1,
-  remat_every: int | None = None,
-  dropout: float = 0.0,
-  recurrent_dropout: float = 0.0,
-  per_gate_masks: bool = False,
-  key=None,
-  deterministic: bool = False,
+  cell, params, xs, *, initial_carry=None, seq_lengths=None, key=None, options=None, **kwargs
 ):
   """Runs ``cell`` over ``xs`` and returns ``(final_carry, outputs)``.
 
   Args:
-    cell: a :class:`recurrent.Cell` (``recurrent.lstm(H)``, ``recurrent.gru(H)``).
+    cell: a :class:`recurrent.Cell` (``recurrent.lstm(H)``, ``recurrent.gru(H)``, or
+      your own).
     params: the cell's params, e.g. from ``cell.init(key, I)``.
     xs: ``[B..., T, I]`` floating inputs, or ``[T, B..., I]`` if ``time_major``; no
       batch dims at all (``[T, I]``) works too.
@@ -48,6 +34,10 @@ def scan(
     seq_lengths: int ``[B...]``, each sequence's number of valid steps. Steps at or past a
       sequence's length leave its carry unchanged and output zeros, so the final carry is
       the carry at the sequence's own last step.
+    key: PRNG keys ``[B...]``, one per sequence (:func:`recurrent.sequence_keys`);
+      required when a rate is non-zero and not ``deterministic``.
+    options: a :class:`recurrent.Options` with the fields below; keyword arguments
+      override its fields.
     reverse: run from the last step to the first. With ``seq_lengths`` each sequence is
       reversed within its own length: its output at step t has seen steps
       ``t..len-1``, and its padding stays at the end, aligned with the forward run.
@@ -63,23 +53,26 @@ def scan(
       backward pass keeps the inputs and one carry per chunk and recomputes the rest
       (input projection included), for one more forward pass: the activations kept grow
       with ``T / k + k`` rather than ``T``; ``k ~ sqrt(T)`` minimises them.
-    dropout: rate of time-invariant dropout on the inputs ``x_t`` (Keras' ``dropout``).
+    dropout: rate of time-invariant dropout on the inputs ``x_t`` (Keras' ``dropout``): a
+      float, or a floating scalar array, traced or not (``jax.vmap`` over it sweeps rates
+      in one program). A static ``0.0`` draws no mask.
     recurrent_dropout: rate of time-invariant dropout on ``h_{t-1}`` where it enters
       the recurrent matmul (Keras' ``recurrent_dropout``); the carry itself is not
       masked.
     per_gate_masks: False (default) shares each mask among the gates, which keeps the
       input projection one matmul; True draws one mask per gate (Gal & Ghahramani's
       untied variant).
-    key: PRNG keys ``[B...]``, one per sequence (:func:`recurrent.sequence_keys`);
-      required when a rate is non-zero and not ``deterministic``.
     deterministic: True turns dropout off.
+    layout, projection_chunk: how the fast path's forward alone lays out its arrays and
+      how many steps it projects at a time; ``'auto'`` (the default) picks by measured
+      rules, never by comparing symbolic shapes (see :class:`recurrent.Options`).
 
-  Gradients: for the LSTM and the reset-after GRU (without per-gate recurrent masks) the
-  recurrence has a hand-written backward pass (:mod:`recurrent.fused`) that computes the
-  weight gradient with one matmul after the backward loop. It supports reverse mode
-  (``grad``, ``vjp``, higher orders), ``jit`` and ``vmap``, but not forward mode
-  (``jvp``, ``jacfwd``); for that, pass ``cell._replace(pointwise=None)``, which
-  differentiates the plain ``lax.scan``.
+  Gradients: for a cell that declares a :class:`recurrent.cell.FastPath` (the LSTM and the
+  reset-after GRU; without per-gate recurrent masks) the recurrence has a hand-written
+  backward pass (:mod:`recurrent.fused`) that computes the weight gradient with one matmul
+  after the backward loop. It supports reverse mode (``grad``, ``vjp``, higher orders),
+  ``jit`` and ``vmap``, but not forward mode (``jvp``, ``jacfwd``); for that, pass
+  ``cell._replace(fast=None)``, which differentiates the plain ``lax.scan``.
 
   Returns:
     ``(final_carry, outputs)``: the carry after each sequence's last valid step (leaves
@@ -96,12 +89,13 @@ def scan(
     >>> ys.shape, carry.h.shape
     ((3, 10, 16), (3, 16))
   """
-  options = dict(locals())
-  del options["cell"], options["params"], options["xs"]
-  return _run(cell, params, xs, trace=False, **options)
+  options = _options.make("scan", options, kwargs).one_layer("scan")
+  return run(cell, params, xs, options, initial_carry, seq_lengths, key)
 
 
-def trace(cell, params, xs, **kwargs):
+def trace(
+  cell, params, xs, *, initial_carry=None, seq_lengths=None, key=None, options=None, **kwargs
+):
   """The carry and the gate activations at every step, for plots and analysis.
 
   Takes the arguments of :func:`scan`. A separate path, so :func:`scan` never stacks
@@ -121,51 +115,43 @@ def trace(cell, params, xs, **kwargs):
     >>> carries.c.shape, gates.f.shape
     ((5, 8), (5, 8))
   """
-  unknown = set(kwargs) - set(_OPTIONS)
-  if unknown:
-    raise TypeError(f"trace() got unexpected arguments {sorted(unknown)}")
-  return _run(cell, params, xs, trace=True, **kwargs)[1]
+  options = _options.make("trace", options, kwargs).one_layer("trace")
+  return run(cell, params, xs, options, initial_carry, seq_lengths, key, trace=True)[1]
 
 
-def _input_size(params) -> int:
-  return params.w_ih.shape[0]
+def _input_masks(cell, options, keys, input_size, dtype, carry_dtype):
+  """The masks of one layer: ``(input, recurrent)``, each None, one array (shared by the
+  gates) or G of them (``per_gate_masks``). Input masks get a time axis ``[1, B..., I]``."""
+  in_mask = rec_mask = None
+  num = cell.num_gates if options.per_gate_masks else 1
+  pick = (lambda ms: ms) if options.per_gate_masks else (lambda ms: ms[0])
+  if _options.is_on(options.dropout):
+    ms = _dropout.masks(_dropout.derive(keys, _dropout.INPUT), input_size, options.dropout, num, dtype)
+    in_mask = pick(tuple(m[None] for m in ms))
+  if _options.is_on(options.recurrent_dropout):
+    ms = _dropout.masks(
+      _dropout.derive(keys, _dropout.RECURRENT),
+      cell.hidden_size,
+      options.recurrent_dropout,
+      num,
+      carry_dtype,
+    )
+    rec_mask = pick(ms)
+  return in_mask, rec_mask
 
 
-_OPTIONS = (
-  "initial_carry", "seq_lengths", "reverse", "time_major", "unroll", "remat_every", "dropout",
-  "recurrent_dropout", "per_gate_masks", "key", "deterministic",
-)  # fmt: skip
+def run(cell, params, xs, options, initial_carry=None, seq_lengths=None, key=None, trace=False):
+  """The driver behind :func:`scan`, :func:`trace` and :func:`recurrent.stack`.
 
-
-def _run(
-  cell,
-  params,
-  xs,
-  *,
-  trace,
-  initial_carry=None,
-  seq_lengths=None,
-  reverse=False,
-  time_major=False,
-  unroll=1,
-  remat_every=None,
-  dropout=0.0,
-  recurrent_dropout=0.0,
-  per_gate_masks=False,
-  key=None,
-  deterministic=False,
-):
+  ``options`` is a checked :class:`recurrent.Options` with one rate of each kind; the
+  arguments are checked here, once. Returns ``(final_carry, outputs)``, or
+  ``(final_carry, (carries, gates))`` with ``trace``.
+  """
+  time_major, reverse, unroll = options.time_major, options.reverse, options.unroll
   batch_shape, num_steps, input_size = _checks.sequence("xs", xs, time_major)
-  _checks.features("xs", input_size, _input_size(params))
-  _checks.rate("dropout", dropout)
-  _checks.rate("recurrent_dropout", recurrent_dropout)
-  _checks.flag("deterministic", deterministic)
-  if remat_every is not None and (
-    isinstance(remat_every, bool) or not isinstance(remat_every, int) or remat_every < 1
-  ):
-    raise ValueError(f"remat_every must be None or a positive int, got {remat_every!r}")
+  _checks.features("xs", input_size, cell.input_size(params))
   lengths = _checks.seq_lengths(seq_lengths, batch_shape, num_steps)
-  carry_dtype = params.w_hh.dtype
+  carry_dtype = _cell.carry_dtype(params)
   if initial_carry is None:
     carry = cell.initial_carry(batch_shape, carry_dtype)
   else:
@@ -174,24 +160,9 @@ def _run(
     carry = jax.tree.map(lambda c: jnp.asarray(c, carry_dtype), initial_carry)
 
   in_mask = rec_mask = None
-  use_in = dropout > 0.0 and not deterministic
-  use_rec = recurrent_dropout > 0.0 and not deterministic
-  if use_in or use_rec:
+  if options.dropout_on:
     keys = _checks.keys(key, "key", batch_shape)
-    num = cell.num_gates if per_gate_masks else 1
-    pick = (lambda ms: ms) if per_gate_masks else (lambda ms: ms[0])
-    if use_in:
-      ms = _dropout.masks(_dropout.derive(keys, _dropout.INPUT), input_size, dropout, num, xs.dtype)
-      in_mask = pick(tuple(m[None] for m in ms))  # a time axis: [1, B..., I]
-    if use_rec:
-      ms = _dropout.masks(
-        _dropout.derive(keys, _dropout.RECURRENT),
-        cell.hidden_size,
-        recurrent_dropout,
-        num,
-        carry_dtype,
-      )
-      rec_mask = pick(ms)
+    in_mask, rec_mask = _input_masks(cell, options, keys, input_size, xs.dtype, carry_dtype)
 
   xs = xs if time_major else jnp.moveaxis(xs, -2, 0)
   valid = None
@@ -201,22 +172,21 @@ def _run(
     # Padding never reaches the cell: NaN or inf there would turn into NaN gradients
     # (0 * NaN) even though the held carry hides it from the outputs.
     xs = jnp.where(valid, xs, jnp.zeros_like(xs))
-  fused = not trace and cell.pointwise is not None and not isinstance(rec_mask, tuple)
-  # The fused recurrence can hand back batch-major outputs itself (see fused.recurrence);
-  # the chunks of remat_every are joined along time, so they stay time-major.
-  batch_major = fused and not time_major and remat_every is None
-
-  chunk = None
-  if fused and remat_every is None:
-    step_bytes = math.prod(batch_shape) * cell.num_gates * cell.hidden_size
-    chunk = _fused.projection_chunk(num_steps, step_bytes * params.w_ih.dtype.itemsize)
+  fast = None if trace or isinstance(rec_mask, tuple) else cell.fast
+  remat = options.remat_every
+  # The fast path can hand back batch-major outputs itself; the chunks of remat_every are
+  # joined along time, so they stay time-major.
+  batch_major = fast is not None and not time_major and remat is None
 
   def recurrence(carry, xs, valid):
-    if fused:
+    if fast is not None:
+      plan = _fused.Plan(
+        cell.num_gates, reverse, unroll, cell.dtype, batch_major, options.layout,
+        options.projection_chunk if remat is None else None,
+      )  # fmt: skip
       return _fused.recurrence(
-        cell.pointwise, cell.project, reverse, unroll, cell.dtype, batch_major, chunk,
-        (params, xs, in_mask), params.w_hh, cell.pointwise_params(params), carry, valid,
-        rec_mask,
+        fast, plan, fast.input_weights(params), xs, in_mask, fast.recurrent_weights(params),
+        fast.pointwise_params(params), carry, valid, rec_mask,
       )  # fmt: skip
     xp = cell.project(params, xs, in_mask)
 
@@ -228,10 +198,10 @@ def _run(
 
     return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
 
-  if remat_every is None:
+  if remat is None:
     final, ys = recurrence(carry, xs, valid)
   else:
-    final, ys = _rematerialised(recurrence, carry, xs, valid, batch_shape, remat_every, reverse)
+    final, ys = _rematerialised(recurrence, carry, xs, valid, batch_shape, remat, reverse)
   if not time_major and not batch_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
   return final, ys

@@ -57,7 +57,7 @@ def test_fused_gradients_equal_autodiff(kind, options, unroll):
   loop iteration (T = 6: one iteration of four, one of two), where the loops keep their
   arrays differently (``fused._steps_apart``)."""
   cell = getattr(recurrent, kind)(H)
-  assert cell.pointwise is not None
+  assert cell.fast is not None
   params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.key(0), IN))
   carry = jax.tree.map(lambda c: c + 0.2, cell.initial_carry((B,)))
   if "dropout" in options:
@@ -67,7 +67,7 @@ def test_fused_gradients_equal_autodiff(kind, options, unroll):
     options = dict(options, recurrent_dropout=0.0)
   xs, _ = _data()
   fused = _loss(cell, unroll=unroll, **options)(params, carry, xs)
-  plain = _loss(cell._replace(pointwise=None), **options)(params, carry, xs)
+  plain = _loss(cell._replace(fast=None), **options)(params, carry, xs)
   for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
@@ -88,7 +88,7 @@ def test_fused_bfloat16_and_time_major():
     )(params, xs)
 
   for got, want in zip(
-    jax.tree.leaves(grads(cell)), jax.tree.leaves(grads(cell._replace(pointwise=None)))
+    jax.tree.leaves(grads(cell)), jax.tree.leaves(grads(cell._replace(fast=None)))
   ):
     np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
 
@@ -106,7 +106,7 @@ def test_fused_second_order_and_vmap():
     return jax.jit(jax.grad(g))(params)
 
   for got, want in zip(
-    jax.tree.leaves(hvp(cell)), jax.tree.leaves(hvp(cell._replace(pointwise=None)))
+    jax.tree.leaves(hvp(cell)), jax.tree.leaves(hvp(cell._replace(fast=None)))
   ):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -149,7 +149,7 @@ def test_gate_dots_derivatives_equal_plain_matmuls(argnums):
 
 def test_forward_mode_through_the_plain_path():
   """With ``pointwise=None`` the driver supports forward mode: jacfwd equals jacrev."""
-  cell = recurrent.lstm(H)._replace(pointwise=None)
+  cell = recurrent.lstm(H)._replace(fast=None)
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
   f = lambda x: recurrent.scan(cell, params, x)[1].sum(axis=(0, 1))  # noqa: E731
@@ -295,12 +295,12 @@ def test_chunked_forward_equals_plain_scan(kind, options, monkeypatch):
   _run_in_chunks_of_two(monkeypatch, cell, params, xs, **options)
   chunked = run(cell)
   for got, want in zip(
-    jax.tree.leaves(chunked), jax.tree.leaves(run(cell._replace(pointwise=None)))
+    jax.tree.leaves(chunked), jax.tree.leaves(run(cell._replace(fast=None)))
   ):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   if not options.get("time_major"):
     fused = _loss(cell, **options)(params, carry, xs)
-    plain = _loss(cell._replace(pointwise=None), **options)(params, carry, xs)
+    plain = _loss(cell._replace(fast=None), **options)(params, carry, xs)
     for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):
       np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
@@ -313,7 +313,7 @@ def test_chunked_bfloat16_forward(monkeypatch):
   xs, _ = _data()
   _run_in_chunks_of_two(monkeypatch, cell, params, xs)
   got = jax.jit(lambda p, x: recurrent.scan(cell, p, x))(params, xs)
-  want = jax.jit(lambda p, x: recurrent.scan(cell._replace(pointwise=None), p, x))(params, xs)
+  want = jax.jit(lambda p, x: recurrent.scan(cell._replace(fast=None), p, x))(params, xs)
   assert got[1].dtype == want[1].dtype == jnp.bfloat16
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=2e-2)
@@ -500,7 +500,7 @@ def test_forward_layouts_equal_plain_scan(layout, kind, options, monkeypatch):
     return forward(params, carry, xs)
 
   assert layout == "feature-major" or recurrent.fused.unbatched(batch_shape)
-  got, want = run(cell), run(cell._replace(pointwise=None))
+  got, want = run(cell), run(cell._replace(fast=None))
   assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, want)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
@@ -514,7 +514,7 @@ def test_feature_major_bfloat16_forward(monkeypatch):
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
   got = jax.jit(lambda p, x: recurrent.scan(cell, p, x))(params, xs)
-  want = jax.jit(lambda p, x: recurrent.scan(cell._replace(pointwise=None), p, x))(params, xs)
+  want = jax.jit(lambda p, x: recurrent.scan(cell._replace(fast=None), p, x))(params, xs)
   assert got[1].dtype == want[1].dtype == jnp.bfloat16
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=2e-2)
