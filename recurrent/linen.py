@@ -41,50 +41,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recurrent import _checks
-from recurrent import dropout as _dropout
-from recurrent.gru import GRUParams, gru
-from recurrent.layers import Bidirectional, _per_layer, stack
-from recurrent.lstm import LSTMParams, lstm
-from recurrent.scan import scan
+from recurrent import _checks, _wrapper
+from recurrent.gru import gru
+from recurrent.lstm import lstm
 
 Initializer = Callable[..., Any]
-_DIRECTIONS = ("forward", "backward")
 
 
-# --- the param mapping ---------------------------------------------------------------------
-
-
-def _core_cell_params(tree: Mapping):
-  """``{'w_ih', 'w_hh', 'b'}`` -> LSTMParams, ``{'w_ih', 'w_hh', 'b_ih', 'b_hh'}`` -> GRUParams."""
-  for params_type in (LSTMParams, GRUParams):
-    if set(tree) == set(params_type._fields):
-      return params_type(*(tree[f] for f in params_type._fields))
-  raise ValueError(
-    f"params have keys {sorted(tree)}; expected {list(LSTMParams._fields)} (LSTM) or"
-    f" {list(GRUParams._fields)} (GRU)"
-  )
-
-
-def _core_layer(tree: Mapping):
-  if set(tree) == set(_DIRECTIONS):
-    return Bidirectional(*(_core_cell_params(tree[d]) for d in _DIRECTIONS))
-  return _core_cell_params(tree)
-
-
-def to_core(params: Mapping):
+def to_core(params: Mapping, kind=None):
   """A module's params -> the core's params.
 
   Args:
-    params: the ``params`` of an :class:`LSTM`/:class:`GRU` layer,
+    params: the ``params`` of a layer (:class:`LSTM`, :class:`GRU`, :class:`RNN`),
       ``{'layer_0': ..., 'layer_1': ...}``, or of an :class:`LSTMCell`/:class:`GRUCell`,
       ``{'w_ih': ..., 'w_hh': ..., ...}``; a ``{'params': ...}`` variables dict works too.
+    kind: the params' NamedTuple class for a cell of your own (e.g.
+      ``type(cell.init(key, I))``); None recognises the LSTM's and the GRU's by their fields.
 
   Returns:
-    For a layer, the list :func:`recurrent.init_layers` returns (one
-    :class:`recurrent.LSTMParams`/:class:`recurrent.GRUParams` per layer, or a
-    :class:`recurrent.Bidirectional` pair), ready for :func:`recurrent.stack`; for a cell,
-    its :class:`recurrent.LSTMParams`/:class:`recurrent.GRUParams`.
+    For a layer, the list :func:`recurrent.init_layers` returns (one cell's params per
+    layer, or a :class:`recurrent.Bidirectional` pair), ready for :func:`recurrent.stack`;
+    for a cell, its params.
 
   Example:
     >>> import jax, jax.numpy as jnp, recurrent, recurrent.linen as rnn
@@ -98,26 +75,7 @@ def to_core(params: Mapping):
     >>> bool(jnp.allclose(ys, model.apply({'params': params}, xs)))
     True
   """
-  if not isinstance(params, Mapping):
-    raise TypeError(f"params must be a dict of module params, got {type(params).__name__}")
-  if set(params) == {"params"}:
-    params = params["params"]
-  if not any(str(k).startswith("layer_") for k in params):
-    return _core_cell_params(params)
-  names = [f"layer_{i}" for i in range(len(params))]
-  if sorted(params) != sorted(names):
-    raise ValueError(f"params have keys {sorted(params)}; expected {names}")
-  return [_core_layer(params[name]) for name in names]
-
-
-def _tree_of(core) -> dict:
-  if isinstance(core, Bidirectional):
-    return {d: _tree_of(p) for d, p in zip(_DIRECTIONS, core)}
-  if isinstance(core, (LSTMParams, GRUParams)):
-    return dict(core._asdict())
-  raise TypeError(
-    f"core params must be LSTMParams, GRUParams or Bidirectional, got {type(core).__name__}"
-  )
+  return _wrapper.to_core(params, kind)
 
 
 def from_core(core) -> dict:
@@ -125,8 +83,7 @@ def from_core(core) -> dict:
 
   Args:
     core: a list of per-layer params (:func:`recurrent.init_layers`,
-      :func:`recurrent.convert.from_torch`) for an :class:`LSTM`/:class:`GRU` layer, or
-      one cell's :class:`recurrent.LSTMParams`/:class:`recurrent.GRUParams`
+      :func:`recurrent.convert.from_torch`) for a layer, or one cell's params
       (:func:`recurrent.convert.from_flax`) for an :class:`LSTMCell`/:class:`GRUCell`.
 
   Returns:
@@ -143,126 +100,7 @@ def from_core(core) -> dict:
     >>> rnn.LSTM(8, bidirectional=True).apply({'params': params}, jnp.ones((2, 3, 4))).shape
     (2, 3, 16)
   """
-  if isinstance(core, (LSTMParams, GRUParams)):
-    return _tree_of(core)
-  if not isinstance(core, (list, tuple)) or isinstance(core, Bidirectional) or not core:
-    raise TypeError(
-      "core must be a non-empty list of per-layer params (recurrent.init_layers) or one"
-      f" cell's LSTMParams/GRUParams, got {type(core).__name__}"
-    )
-  return {f"layer_{i}": _tree_of(layer) for i, layer in enumerate(core)}
-
-
-# --- shared checks -------------------------------------------------------------------------
-
-
-def _rates(value) -> tuple:
-  return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
-def _layer_carries(initial_carry, num_layers: int):
-  """A list of per-layer carries (a bare carry is accepted for one layer)."""
-  if initial_carry is None:
-    return None
-  if isinstance(initial_carry, list) or type(initial_carry) is tuple:
-    carries = list(initial_carry)
-  elif num_layers == 1:
-    carries = [initial_carry]
-  else:
-    raise ValueError(
-      f"initial_carry must be a list of {num_layers} per-layer carries (as return_carry"
-      f" gives them), got {type(initial_carry).__name__}"
-    )
-  if len(carries) != num_layers:
-    raise ValueError(
-      f"initial_carry has {len(carries)} layers; expected one per layer ({num_layers})"
-    )
-  return carries
-
-
-def _check_options(module) -> None:
-  if module.num_layers < 1:
-    raise ValueError(f"num_layers must be >= 1, got {module.num_layers}")
-  if module.reverse and module.bidirectional:
-    raise ValueError(
-      "reverse=True cannot be combined with bidirectional=True: a bidirectional layer"
-      " already runs both directions"
-    )
-  if module.reverse and module.num_layers != 1:
-    raise ValueError(
-      f"reverse=True needs num_layers=1, got num_layers={module.num_layers}"
-      " (recurrent.stack runs its layers forward)"
-    )
-
-
-def _check_input_size(name: str, input_size: int, params) -> None:
-  """``params`` (a core layer or a cell's params) must take ``input_size`` features."""
-  layer = params.forward if isinstance(params, Bidirectional) else params
-  expected = np.shape(layer.w_ih)[0]
-  if input_size != expected:
-    raise ValueError(
-      f"{name} has feature size {input_size} but params expect input_size {expected}"
-    )
-
-
-def _run_layers(module, cell, core, inputs, keys, deterministic, seq_lengths, initial_carry):
-  """The shared call of the linen and NNX layers: ``(carries, outputs)``.
-
-  A reversed (single, unidirectional) layer runs :func:`recurrent.scan` with the keys of
-  layer 0 (``derive(keys, 0)``, as :func:`recurrent.stack` derives them); every other
-  configuration runs :func:`recurrent.stack`.
-  """
-  options = dict(
-    seq_lengths=seq_lengths,
-    time_major=module.time_major,
-    unroll=module.unroll,
-    remat_every=module.remat_every,
-    per_gate_masks=module.per_gate_masks,
-    deterministic=deterministic,
-  )
-  carries = _layer_carries(initial_carry, len(core))
-  if not module.reverse:
-    return stack(
-      cell,
-      core,
-      inputs,
-      initial_carry=carries,
-      dropout=module.dropout,
-      recurrent_dropout=module.recurrent_dropout,
-      key=keys,
-      **options,
-    )
-  (rate,) = _per_layer("dropout", module.dropout, 1)
-  (recurrent_rate,) = _per_layer("recurrent_dropout", module.recurrent_dropout, 1)
-  final, ys = scan(
-    cell,
-    core[0],
-    inputs,
-    initial_carry=None if carries is None else carries[0],
-    reverse=True,
-    dropout=rate,
-    recurrent_dropout=recurrent_rate,
-    key=None if keys is None else _dropout.derive(keys, 0),
-    **options,
-  )
-  return [final], ys
-
-
-def _batch_keys(rng, inputs, time_major: bool, example_ids):
-  """One key per sequence: ``sequence_keys(rng, example_ids)``, ids ``arange`` by default."""
-  batch_shape = _checks.sequence("inputs", inputs, time_major)[0]
-  if example_ids is None:
-    example_ids = jnp.arange(int(np.prod(batch_shape))).reshape(batch_shape)
-  elif np.shape(example_ids) != tuple(batch_shape):
-    raise ValueError(
-      f"example_ids has shape {np.shape(example_ids)}; expected the batch shape"
-      f" {tuple(batch_shape)} of inputs"
-    )
-  return _dropout.sequence_keys(rng, example_ids)
-
-
-def _dropout_on(module) -> bool:
-  return any(r > 0.0 for r in _rates(module.dropout) + _rates(module.recurrent_dropout))
+  return _wrapper.from_core(core)
 
 
 # --- sequence layers -----------------------------------------------------------------------
@@ -291,20 +129,6 @@ class _Layers(nn.Module):
   def _cell(self):
     raise NotImplementedError
 
-  def _layer_params(self, cell, layer: int, input_size: int):
-    """Layer ``layer``'s params, created by ``cell.init`` (the core's initialisers)."""
-    name = f"layer_{layer}"
-
-    def init(key):
-      if self.bidirectional:
-        k_f, k_b = jax.random.split(key)
-        return _tree_of(Bidirectional(cell.init(k_f, input_size), cell.init(k_b, input_size)))
-      return _tree_of(cell.init(key, input_size))
-
-    if self.has_variable("params", name):
-      _check_input_size("inputs", input_size, _core_layer(self.get_variable("params", name)))
-    return _core_layer(self.param(name, init))
-
   @nn.compact
   def __call__(
     self, inputs, *, seq_lengths=None, initial_carry=None, example_ids=None, deterministic=None
@@ -330,30 +154,63 @@ class _Layers(nn.Module):
       ``(carries, outputs)`` if ``return_carry``, ``carries`` a list with each layer's
       final carry (a :class:`recurrent.Bidirectional` pair for bidirectional layers).
     """
-    _check_options(self)
+    _wrapper.check_structure(self.num_layers, self.bidirectional, self.reverse)
     input_size = _checks.sequence("inputs", inputs, self.time_major)[2]
-    if _dropout_on(self):
+    if _wrapper.options(self, deterministic=False).dropout_on:
       deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     else:
       deterministic = True  # nothing to drop: the flag is not needed
+    options = _wrapper.options(self, deterministic)
     cell = self._cell()
-    width = self.hidden_size * (2 if self.bidirectional else 1)
-    core = [
-      self._layer_params(cell, layer, input_size if layer == 0 else width)
-      for layer in range(self.num_layers)
-    ]
+    kind = _wrapper.params_type(cell)
+    if self.has_variable("params", "layer_0"):
+      stored = _wrapper.to_core({"layer_0": self.get_variable("params", "layer_0")}, kind)
+      _wrapper.check_input_size("inputs", input_size, cell, stored[0])
+    width = cell.hidden_size * (2 if self.bidirectional else 1)
+
+    def layer(index):
+      size = input_size if index == 0 else width
+      return self.param(
+        f"layer_{index}", lambda key: _wrapper.init_tree(cell, key, size, self.bidirectional)
+      )
+
+    core = _wrapper.to_core({f"layer_{i}": layer(i) for i in range(self.num_layers)}, kind)
     keys = None
-    if _dropout_on(self) and not deterministic:
+    if options.dropout_on:
       if not self.has_rng("dropout"):
         raise ValueError(
           f"{type(self).__name__} has dropout on and deterministic=False but no 'dropout'"
           " rng: pass rngs={'dropout': key} to init/apply, or deterministic=True"
         )
-      keys = _batch_keys(self.make_rng("dropout"), inputs, self.time_major, example_ids)
-    carries, outputs = _run_layers(
-      self, cell, core, inputs, keys, deterministic, seq_lengths, initial_carry
-    )
+      keys = _wrapper.batch_keys(self.make_rng("dropout"), inputs, self.time_major, example_ids)
+    carries, outputs = _wrapper.apply(cell, core, inputs, options, keys, seq_lengths, initial_carry)
     return (carries, outputs) if self.return_carry else outputs
+
+
+class RNN(_Layers):
+  """Stacked, optionally bidirectional layers of any :class:`recurrent.Cell`, with
+  time-invariant dropout: your own cell gets the options of :class:`LSTM`.
+
+  Attributes:
+    cell: a :class:`recurrent.Cell` whose params are a NamedTuple (``recurrent.lstm(H)``,
+      or your own); ``hidden_size`` is taken from it.
+    the others: as in :class:`LSTM` (the initialisers are the cell's own).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, recurrent, recurrent.linen as rnn
+    >>> model = rnn.RNN(cell=recurrent.gru(8, reset_after=False), num_layers=2)
+    >>> xs = jnp.ones((3, 5, 4))
+    >>> model.apply(model.init(jax.random.key(0), xs), xs).shape
+    (3, 5, 8)
+  """
+
+  cell: Any = None
+  hidden_size: int | None = None
+
+  def _cell(self):
+    if self.cell is None or not hasattr(self.cell, "step"):
+      raise TypeError(f"RNN needs cell=a recurrent.Cell, got {self.cell!r}")
+    return self.cell
 
 
 class LSTM(_Layers):
@@ -458,14 +315,16 @@ class _Cell(nn.RNNCellBase):
     """One step: ``carry`` (leaves ``[B..., H]``), ``inputs [B..., I]`` ->
     ``(carry, h [B..., H])``, by the core cell's ``step``."""
     cell = self._cell()
+    kind = _wrapper.params_type(cell)
     input_size = np.shape(inputs)[-1]
-    if self.has_variable("params", "w_ih"):
-      stored = _core_cell_params(self.variables["params"])
-      _check_input_size("inputs", input_size, stored)
-    fields = (LSTMParams if cell.name == "lstm" else GRUParams)._fields
+    if self.has_variable("params", kind._fields[0]):
+      stored = _wrapper.cell_params(self.variables["params"], kind)
+      _wrapper.check_input_size("inputs", input_size, cell, stored)
     # Each leaf is drawn by cell.init, the core's initialisers, from its own key.
-    params = _core_cell_params(
-      {f: self.param(f, lambda key, f=f: getattr(cell.init(key, input_size), f)) for f in fields}
+    params = kind(
+      *(
+        self.param(f, lambda key, f=f: getattr(cell.init(key, input_size), f)) for f in kind._fields
+      )
     )
     return cell.step(params, carry, inputs)
 
@@ -548,4 +407,4 @@ class GRUCell(_Cell):
     )
 
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "from_core", "to_core"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "from_core", "to_core"]

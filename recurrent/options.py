@@ -123,9 +123,7 @@ class Options:
       value = getattr(self, name)
       if isinstance(value, (tuple, list)):
         if len(value) != num_layers:
-          raise ValueError(
-            f"{name} has {len(value)} rates; expected one per layer ({num_layers})"
-          )
+          raise ValueError(f"{name} has {len(value)} rates; expected one per layer ({num_layers})")
         rates[name] = tuple(value)
       else:
         rates[name] = (value,) * num_layers

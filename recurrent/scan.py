@@ -126,7 +126,9 @@ def _input_masks(cell, options, keys, input_size, dtype, carry_dtype):
   num = cell.num_gates if options.per_gate_masks else 1
   pick = (lambda ms: ms) if options.per_gate_masks else (lambda ms: ms[0])
   if _options.is_on(options.dropout):
-    ms = _dropout.masks(_dropout.derive(keys, _dropout.INPUT), input_size, options.dropout, num, dtype)
+    ms = _dropout.masks(
+      _dropout.derive(keys, _dropout.INPUT), input_size, options.dropout, num, dtype
+    )
     in_mask = pick(tuple(m[None] for m in ms))
   if _options.is_on(options.recurrent_dropout):
     ms = _dropout.masks(

@@ -334,12 +334,28 @@ def test_rate_out_of_range_without_key(driver, name):
 @pytest.mark.parametrize("name", ["dropout", "recurrent_dropout"])
 @pytest.mark.parametrize("driver", list(DRIVERS))
 def test_rate_traced(driver, name):
-  """A rate passed through jit as an array is not a Python float: TypeError naming the
-  argument (not a JAX tracer-conversion error)."""
+  """A rate passed through jit as an array is accepted (a sweep over rates in one
+  program) and gives what the same static rate gives."""
   run = DRIVERS[driver]
-  with raises(TypeError, rf"^{name} must be a Python float in \[0, 1\)") as e:
-    jax.jit(lambda xs, key, r: run(xs, key=key, **{name: r}))(XS, KEYS, jnp.float32(0.5))
-  assert_library_raise(e)
+  got = jax.jit(lambda xs, key, r: run(xs, key=key, **{name: r}))(XS, KEYS, jnp.float32(0.5))
+  want = run(XS, key=KEYS, **{name: 0.5})
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dropout", "recurrent_dropout"])
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_rate_array_not_a_scalar(driver, name):
+  """A rate array must be a floating scalar: TypeError naming the argument, its shape and
+  dtype (not a JAX broadcasting error)."""
+  run = DRIVERS[driver]
+  check_raises(
+    lambda xs, key: run(xs, key=key, **{name: jnp.full((2,), 0.5)}),
+    {"xs": XS, "key": KEYS},
+    TypeError,
+    rf"^{name} must be a float in \[0, 1\) or a floating scalar array, got an array of"
+    r" shape \(2,\) and dtype float32$",
+  )
 
 
 @pytest.mark.parametrize("rates", [(0.1,), (0.1, 0.1, 0.1)])

@@ -4,7 +4,6 @@ Reference: the same cell with ``pointwise=None``, which makes the driver differe
 plain ``lax.scan`` over ``cell.recur``; values and gradients must agree.
 """
 
-import math
 import re
 
 import jax
@@ -14,7 +13,7 @@ import pytest
 
 import recurrent
 from recurrent import cell as cell_lib
-from recurrent import fused
+from recurrent.fused import loops
 
 B, T, IN, H = 3, 6, 4, 5
 LENGTHS = np.array([6, 0, 3])
@@ -105,9 +104,7 @@ def test_fused_second_order_and_vmap():
     g = lambda p: jax.grad(f)(p).w_hh.sum()  # noqa: E731
     return jax.jit(jax.grad(g))(params)
 
-  for got, want in zip(
-    jax.tree.leaves(hvp(cell)), jax.tree.leaves(hvp(cell._replace(fast=None)))
-  ):
+  for got, want in zip(jax.tree.leaves(hvp(cell)), jax.tree.leaves(hvp(cell._replace(fast=None)))):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
   per_seq = jax.vmap(jax.grad(lambda p, x: jnp.sum(recurrent.scan(cell, p, x)[1])), (None, 0))
@@ -253,13 +250,9 @@ def test_batch_major_gradient_keeps_no_transposed_output_gradient(kind):
   assert temp_bytes(time_major=False) - temp_bytes(time_major=True) <= xs.nbytes
 
 
-def _run_in_chunks_of_two(monkeypatch, cell, params, xs, batch=B, **options):
-  """Lowers the chunk thresholds so that this float32 forward of T=6 steps of ``batch``
-  sequences runs in chunks of 2 (an outer loop of 3), and checks that it does."""
-  one_step = batch * cell.num_gates * H * 4
-  monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", one_step)
-  monkeypatch.setattr(recurrent.fused, "CHUNK_BYTES", 2 * one_step)
-  assert recurrent.fused.projection_chunk(T, one_step) == 2
+def _check_chunks_of_two(cell, params, xs, **options):
+  """With ``projection_chunk=2`` this forward of T=6 steps runs in chunks of 2 (an outer
+  loop of 3): checks that it does."""
   jaxpr = jax.make_jaxpr(lambda x: recurrent.scan(cell, params, x, **options))(xs)
   assert sorted(e.params["length"] for e in _scans(jaxpr.jaxpr)) == [2, T // 2]
 
@@ -275,15 +268,16 @@ def _run_in_chunks_of_two(monkeypatch, cell, params, xs, batch=B, **options):
   ],
   ids=["plain", "reverse-lengths", "lengths-dropout", "time-major-reverse"],
 )
-def test_chunked_forward_equals_plain_scan(kind, options, monkeypatch):
-  """With the chunk thresholds lowered so that T=6 runs in chunks of 2 steps (inside an
-  outer loop, projection included), outputs and final carry equal the plain lax.scan path;
+def test_chunked_forward_equals_plain_scan(kind, options):
+  """With ``projection_chunk=2``, T=6 runs in chunks of 2 steps (inside an outer loop,
+  projection included): outputs and final carry equal the plain lax.scan path;
   gradients still equal it (the backward never chunks)."""
   cell = getattr(recurrent, kind)(H)
   params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.key(0), IN))
   carry = jax.tree.map(lambda c: c + 0.2, cell.initial_carry((B,)))
   if "dropout" in options:
     options = dict(options, key=recurrent.sequence_keys(jax.random.key(3), B))
+  options = dict(options, projection_chunk=2)
   xs, _ = _data()
   if options.get("time_major"):
     xs = jnp.swapaxes(xs, 0, 1)
@@ -292,11 +286,9 @@ def test_chunked_forward_equals_plain_scan(kind, options, monkeypatch):
     forward = jax.jit(lambda p, h, x: recurrent.scan(c, p, x, initial_carry=h, **options))
     return forward(params, carry, xs)
 
-  _run_in_chunks_of_two(monkeypatch, cell, params, xs, **options)
+  _check_chunks_of_two(cell, params, xs, **options)
   chunked = run(cell)
-  for got, want in zip(
-    jax.tree.leaves(chunked), jax.tree.leaves(run(cell._replace(fast=None)))
-  ):
+  for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(run(cell._replace(fast=None)))):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   if not options.get("time_major"):
     fused = _loss(cell, **options)(params, carry, xs)
@@ -305,14 +297,14 @@ def test_chunked_forward_equals_plain_scan(kind, options, monkeypatch):
       np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
-def test_chunked_bfloat16_forward(monkeypatch):
+def test_chunked_bfloat16_forward():
   """bf16 matmuls (float32 params and carries, bf16 outputs) in chunks of 2 steps: the
   outputs keep their dtype and equal the plain lax.scan path's within bf16 rounding."""
   cell = recurrent.lstm(H, dtype=jnp.bfloat16)
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
-  _run_in_chunks_of_two(monkeypatch, cell, params, xs)
-  got = jax.jit(lambda p, x: recurrent.scan(cell, p, x))(params, xs)
+  _check_chunks_of_two(cell, params, xs, projection_chunk=2)
+  got = jax.jit(lambda p, x: recurrent.scan(cell, p, x, projection_chunk=2))(params, xs)
   want = jax.jit(lambda p, x: recurrent.scan(cell._replace(fast=None), p, x))(params, xs)
   assert got[1].dtype == want[1].dtype == jnp.bfloat16
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -322,7 +314,7 @@ def test_chunked_bfloat16_forward(monkeypatch):
 def test_projection_chunk_sizes():
   """Chunks only above CHUNK_ABOVE bytes of projection, as the largest divisor of T under
   CHUNK_BYTES a chunk, and not at all when T has no divisor near that size."""
-  chunk = recurrent.fused.projection_chunk
+  chunk = recurrent.fused.policy.chunk_rule
   mib = 2**20
   assert chunk(100, 128 * 1024) is None  # 12.5 MiB in all
   assert chunk(200, 512 * 1024) == 10  # 100 MiB: at most 16 steps a chunk, 10 divides 200
@@ -331,20 +323,20 @@ def test_projection_chunk_sizes():
   assert chunk(64, 8 * mib) == 1  # one step fills a chunk
 
 
-def test_chunked_forward_needs_less_temporary_memory(monkeypatch):
+def test_chunked_forward_needs_less_temporary_memory():
   """At (B, T, H) = (64, 200, 512) the LSTM forward's projection is 105 MB; in chunks of 10
   steps XLA's temporary buffer (its own memory analysis) is less than half as large."""
   cell = recurrent.lstm(512)
   params = cell.init(jax.random.key(0), 8)
   xs = jax.ShapeDtypeStruct((64, 200, 8), jnp.float32)
 
-  def temp_bytes():
-    forward = jax.jit(lambda p, x: recurrent.scan(cell, p, x)[1])
+  def temp_bytes(chunk):
+    forward = jax.jit(lambda p, x: recurrent.scan(cell, p, x, projection_chunk=chunk)[1])
     return forward.lower(params, xs).compile().memory_analysis().temp_size_in_bytes
 
-  chunked = temp_bytes()
-  monkeypatch.setattr(recurrent.fused, "CHUNK_ABOVE", 2**40)
-  whole = temp_bytes()
+  assert recurrent.fused.policy.chunk_rule(200, 64 * 4 * 512 * 4) == 10
+  chunked = temp_bytes("auto")
+  whole = temp_bytes(None)
   assert 2 * chunked < whole, (chunked, whole)
 
 
@@ -377,33 +369,32 @@ def test_recurrent_dropout_gradient_needs_no_extra_buffer(kind):
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])
-def test_lstm_gradient_rebuilds_h_over_the_cell_states(rate, monkeypatch):
-  """The LSTM's pointwise maths reads ``c`` but not ``h``: its forward under ``grad``
-  stacks the carries' ``c`` alone, and the backward writes each recomputed ``h_t`` (times
-  the mask) over the ``c`` row it has read. That is one ``[T, B, H]`` array fewer in XLA's
-  temporary buffer than stacking ``h`` as well; the GRU, whose maths reads ``h``, keeps it."""
-  for kind, rebuilt in (("lstm", True), ("gru", False)):
-    cell = getattr(recurrent, kind)(64)
-    extra = cell.pointwise_params(cell.init(jax.random.key(0), 8))
-    xp_t = (jnp.zeros((16, 64)),) * cell.num_gates
-    assert fused._rebuilds_h(cell.pointwise, extra, cell.initial_carry((16,)), xp_t) is rebuilt
-  rebuilt = _grad_temp_bytes(recurrent.lstm(64), rate)
-  monkeypatch.setattr(fused, "_rebuilds_h", lambda *args: False)
-  stacked = _grad_temp_bytes(recurrent.lstm(64), rate)
+def test_lstm_gradient_rebuilds_h_over_the_cell_states(rate):
+  """The LSTM's pointwise maths reads ``c`` but not ``h``, and it declares ``h_host='c'``:
+  its forward under ``grad`` stacks the carries' ``c`` alone, and the backward writes each
+  recomputed ``h_t`` (times the mask) over the ``c`` row it has read. That is one
+  ``[T, B, H]`` array fewer in XLA's temporary buffer than stacking ``h`` as well; the GRU,
+  whose maths reads ``h``, declares no host."""
+  assert recurrent.lstm(64).fast.h_host == "c" and recurrent.gru(64).fast.h_host is None
+  cell = recurrent.lstm(64)
+  rebuilt = _grad_temp_bytes(cell, rate)
+  stacked = _grad_temp_bytes(cell._replace(fast=cell.fast._replace(h_host=None)), rate)
   assert stacked - rebuilt >= GRAD_STATES * 9 // 10, (stacked, rebuilt, GRAD_STATES)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("feature_major", [False, True])
-def test_forward_writes_outputs_over_the_projection(kind, feature_major, monkeypatch):
+def test_forward_writes_outputs_over_the_projection(kind, feature_major):
   """Not under grad, the loop carries the first gate's projection ``[T, B, H]`` (``[H, T,
   B]`` feature-major) and writes each output over it: no stacked output (and no
   zero-filled stack) of its own."""
-  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, width: feature_major)
+  layout = "feature" if feature_major else "batch"
   cell = getattr(recurrent, kind)(H)
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
-  jaxpr = jax.make_jaxpr(lambda p: recurrent.scan(cell, p, xs, seq_lengths=LENGTHS))(params)
+  jaxpr = jax.make_jaxpr(lambda p: recurrent.scan(cell, p, xs, seq_lengths=LENGTHS, layout=layout))(
+    params
+  )
   (loop,) = _scans(jaxpr.jaxpr)
   num_carry = loop.params["num_carry"]
   assert [v.aval.shape for v in loop.outvars[num_carry:]] == []
@@ -436,7 +427,7 @@ def test_batch_of_one_forward_loops_over_unbatched_carries(kind, batch_shape):
 
 def test_unbatched_rule():
   """Unbatched: at least one batch dim, all of them 1 (the tests run on the CPU)."""
-  rule = recurrent.fused.unbatched
+  rule = recurrent.fused.policy.unbatched
   assert rule((1,)) and rule((1, 1))
   assert not rule(()) and not rule((2,)) and not rule((1, 2)) and not rule((0,))
 
@@ -444,7 +435,7 @@ def test_unbatched_rule():
 def test_feature_major_rule():
   """Feature-major only where it was measured faster on both hosts: a batch of 16 to 32
   sequences and a recurrent matmul G*H at least 3072 wide (the tests run on the CPU)."""
-  rule = recurrent.fused.feature_major
+  rule = recurrent.fused.policy.feature_major
   assert rule(16, 4 * 1024) and rule(32, 3 * 1024) and rule(24, 4 * 768)
   assert not rule(8, 4 * 1024) and not rule(48, 4 * 1024)  # outside B=16-32
   assert not rule(32, 4 * 512) and not rule(32, 4 * 256)  # narrower than 3072
@@ -467,7 +458,7 @@ def test_feature_major_rule():
   ids=["plain", "reverse-lengths", "dropout", "untied-inputs", "time-major", "2-batch-dims",
        "chunked"],
 )  # fmt: skip
-def test_forward_layouts_equal_plain_scan(layout, kind, options, monkeypatch):
+def test_forward_layouts_equal_plain_scan(layout, kind, options):
   """The forward alone feature-major (forced: the test's H is small) and for a batch of one
   sequence (carries without batch dims): outputs and final carry equal the plain lax.scan
   path's, with lengths, reverse, dropout masks (shared or one per gate on the inputs),
@@ -477,7 +468,7 @@ def test_forward_layouts_equal_plain_scan(layout, kind, options, monkeypatch):
   params = jax.tree.map(lambda p: p + 0.1, cell.init(jax.random.key(0), IN))
   xs, _ = _data()
   if layout == "feature-major":
-    monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, width: True)
+    options["layout"] = "feature"
   else:  # the sequence with held steps at the end, or (reversed) at the start
     xs = xs[2:]
     if "seq_lengths" in options:
@@ -493,27 +484,27 @@ def test_forward_layouts_equal_plain_scan(layout, kind, options, monkeypatch):
   if options.get("time_major"):
     xs = jnp.moveaxis(xs, -2, 0)
   if options.pop("chunks", False):
-    _run_in_chunks_of_two(monkeypatch, cell, params, xs, math.prod(batch_shape), **options)
+    options["projection_chunk"] = 2
+    _check_chunks_of_two(cell, params, xs, **options)
 
   def run(c):
     forward = jax.jit(lambda p, h, x: recurrent.scan(c, p, x, initial_carry=h, **options))
     return forward(params, carry, xs)
 
-  assert layout == "feature-major" or recurrent.fused.unbatched(batch_shape)
+  assert layout == "feature-major" or recurrent.fused.policy.unbatched(batch_shape)
   got, want = run(cell), run(cell._replace(fast=None))
   assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, want)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
-def test_feature_major_bfloat16_forward(monkeypatch):
+def test_feature_major_bfloat16_forward():
   """bf16 matmuls feature-major: outputs keep bf16 and equal the plain lax.scan path's
   within bf16 rounding."""
-  monkeypatch.setattr(recurrent.fused, "feature_major", lambda batch, width: True)
   cell = recurrent.gru(H, dtype=jnp.bfloat16)
   params = cell.init(jax.random.key(0), IN)
   xs, _ = _data()
-  got = jax.jit(lambda p, x: recurrent.scan(cell, p, x))(params, xs)
+  got = jax.jit(lambda p, x: recurrent.scan(cell, p, x, layout="feature"))(params, xs)
   want = jax.jit(lambda p, x: recurrent.scan(cell._replace(fast=None), p, x))(params, xs)
   assert got[1].dtype == want[1].dtype == jnp.bfloat16
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -529,7 +520,7 @@ def test_recurrent_mask_as_keep_and_scale_equals_the_product():
   for rate in (0.25, 0.9):
     (mask,) = recurrent.dropout.masks(keys, 32, rate)
     assert 0 < float(jnp.mean(mask == 0)) < 1
-    got = recurrent.fused._masked_h(h, recurrent.fused._as_mask(mask))
+    got = loops.masked_h(h, loops.as_mask(mask))
     np.testing.assert_array_equal(got, h * mask)
   none = jnp.zeros((64, 32))
-  np.testing.assert_array_equal(recurrent.fused._masked_h(h, recurrent.fused._as_mask(none)), 0)
+  np.testing.assert_array_equal(loops.masked_h(h, loops.as_mask(none)), 0)

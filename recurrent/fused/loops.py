@@ -28,7 +28,6 @@ def step(pointwise, extra, carry, xp_t, hh, valid_t):
   return hold(valid_t, new, carry, h)
 
 
-
 class Mask(NamedTuple):
   """A recurrent dropout mask whose entries are 0 or one ``scale`` (as
   ``recurrent.dropout.masks`` draws them), held as which units it keeps, bool ``[B..., H]``,
@@ -67,17 +66,25 @@ def scan_indexed(body, init, xs, length: int, reverse: bool, unroll=1):
   and the clamped slice of it at every step would be two more XLA:CPU kernels to compile.
   """
 
+  # lax.scan takes a length only if it is a constant (with a symbolic one, jax.export
+  # fails), so over no xs a symbolic length gets an empty [T, 0] array to scan instead.
+  empty = not jax.tree.leaves(xs)
+  placeholder = empty and not isinstance(length, int)
+  given = xs
+
   def counted(state, x):
     carry, t = state
-    carry, y = body(carry, t, x)
+    carry, y = body(carry, t, given if placeholder else x)
     return (carry, t + (-1 if reverse else 1)), y
 
+  if placeholder:
+    xs = jnp.zeros((length, 0), bool)
   start = jnp.asarray(length - 1 if reverse else 0, jnp.int32)
   (carry, _), ys = jax.lax.scan(
-    counted, (init, start), xs, length=length, reverse=reverse, unroll=unroll
-  )
+    counted, (init, start), xs, length=length if empty and not placeholder else None,
+    reverse=reverse, unroll=unroll,
+  )  # fmt: skip
   return carry, ys
-
 
 
 def recur(pointwise, dtype, w_hh, extra, mask, carry, xp_t, valid_t):
