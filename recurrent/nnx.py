@@ -49,14 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recurrent import _checks
-from recurrent import linen as _linen
+from recurrent import _checks, _wrapper
 from recurrent.gru import gru
-from recurrent.layers import init_layers
 from recurrent.lstm import lstm
 
 Initializer = Callable[..., Any]
-from_core = _linen.from_core
+from_core = _wrapper.from_core
 
 
 def _values(tree) -> dict:
@@ -69,7 +67,7 @@ def _params(tree) -> nnx.Dict:
   return nnx.Dict({k: _params(v) if isinstance(v, dict) else nnx.Param(v) for k, v in tree.items()})
 
 
-def to_core(model):
+def to_core(model, kind=None):
   """A module's params -> the core's params (see :func:`recurrent.linen.to_core`).
 
   Args:
@@ -77,6 +75,8 @@ def to_core(model):
       returns) or an :class:`LSTMCell`/:class:`GRUCell` (-> its
       :class:`recurrent.LSTMParams`/:class:`recurrent.GRUParams`); or its param state,
       ``nnx.state(model, nnx.Param)``, or ``nnx.to_pure_dict`` of that state.
+    kind: the params' NamedTuple class for a cell of your own; None recognises the
+      LSTM's and the GRU's by their fields (an :class:`RNN` knows its cell's).
 
   Example:
     >>> import jax.numpy as jnp, recurrent
@@ -90,11 +90,13 @@ def to_core(model):
     >>> bool(jnp.allclose(model(xs), recurrent.stack(recurrent.lstm(8), core, xs)[1]))
     True
   """
+  if isinstance(model, _Layers) and kind is None:
+    kind = _wrapper.params_type(model._cell())
   if isinstance(model, nnx.Module):
     model = nnx.state(model, nnx.Param)
   if isinstance(model, nnx.State):
     model = nnx.to_pure_dict(model)
-  return _linen.to_core(model)
+  return _wrapper.to_core(model, kind)
 
 
 def load_core(model, core) -> None:
@@ -195,13 +197,15 @@ class _Layers(nnx.Module):
     self.recurrent_kernel_init = recurrent_kernel_init
     self.cell_options = cell_options
     self.deterministic = deterministic
-    _linen._check_options(self)
-    core = init_layers(
-      self._cell(), rngs.params(), in_features, num_layers, bidirectional=bidirectional
-    )
-    for name, tree in from_core(core).items():
-      setattr(self, name, _params(tree))
-    self.rngs = _dropout_stream(rngs, _linen._dropout_on(self))
+    _wrapper.check_structure(num_layers, bidirectional, reverse)
+    on = _wrapper.options(self, deterministic=False).dropout_on  # checks every option
+    cell = self._cell()
+    width = cell.hidden_size * (2 if bidirectional else 1)
+    for layer in range(num_layers):
+      size = in_features if layer == 0 else width
+      tree = _wrapper.init_tree(cell, rngs.params(), size, bidirectional)
+      setattr(self, f"layer_{layer}", _params(tree))
+    self.rngs = _dropout_stream(rngs, on)
 
   def _cell(self):
     raise NotImplementedError
@@ -245,16 +249,17 @@ class _Layers(nnx.Module):
         f"inputs has feature size {input_size} but params expect input_size {self.in_features}"
       )
     deterministic = self.deterministic if deterministic is None else deterministic
+    options = _wrapper.options(self, deterministic)
     keys = None
-    if _linen._dropout_on(self) and not deterministic:
+    if options.dropout_on:
       key = self._dropout_key(rngs)
-      keys = _linen._batch_keys(key, inputs, self.time_major, example_ids)
-    core = _linen.to_core(
-      {f"layer_{i}": _values(getattr(self, f"layer_{i}")) for i in range(self.num_layers)}
+      keys = _wrapper.batch_keys(key, inputs, self.time_major, example_ids)
+    cell = self._cell()
+    core = _wrapper.to_core(
+      {f"layer_{i}": _values(getattr(self, f"layer_{i}")) for i in range(self.num_layers)},
+      _wrapper.params_type(cell),
     )
-    carries, outputs = _linen._run_layers(
-      self, self._cell(), core, inputs, keys, bool(deterministic), seq_lengths, initial_carry
-    )
+    carries, outputs = _wrapper.apply(cell, core, inputs, options, keys, seq_lengths, initial_carry)
     return (carries, outputs) if self.return_carry else outputs
 
   def _dropout_key(self, rngs):
@@ -270,6 +275,35 @@ class _Layers(nnx.Module):
         " (model.eval())"
       )
     return rngs
+
+
+class RNN(_Layers):
+  """Stacked, optionally bidirectional layers of any :class:`recurrent.Cell` (NNX), with
+  time-invariant dropout: your own cell gets the options of :class:`LSTM`.
+
+  Args:
+    in_features: I.
+    cell: a :class:`recurrent.Cell` whose params are a NamedTuple (``recurrent.lstm(H)``
+      or your own); the hidden size is the cell's.
+    the others: as in :class:`LSTM` (the initialisers are the cell's own).
+
+  Example:
+    >>> import jax.numpy as jnp, recurrent
+    >>> from flax import nnx
+    >>> from recurrent import nnx as rnnx
+    >>> model = rnnx.RNN(4, cell=recurrent.gru(8, reset_after=False), rngs=nnx.Rngs(0))
+    >>> model(jnp.ones((3, 5, 4))).shape
+    (3, 5, 8)
+  """
+
+  def __init__(self, in_features: int, *, cell, **kwargs):
+    if cell is None or not hasattr(cell, "step"):
+      raise TypeError(f"RNN needs cell=a recurrent.Cell, got {cell!r}")
+    self.cell = nnx.static(cell)
+    super().__init__(in_features, cell.hidden_size, **kwargs)
+
+  def _cell(self):
+    return self.cell
 
 
 class LSTM(_Layers):
@@ -381,8 +415,8 @@ class _Cell(nnx.RNNCellBase):
         f" {self.in_features}"
       )
     cell = self._cell()
-    fields = ("w_ih", "w_hh", "b") if cell.name == "lstm" else ("w_ih", "w_hh", "b_ih", "b_hh")
-    params = _linen._core_cell_params({f: getattr(self, f).get_value() for f in fields})
+    kind = _wrapper.params_type(cell)
+    params = kind(*(getattr(self, f).get_value() for f in kind._fields))
     return cell.step(params, carry, inputs)
 
   def initialize_carry(self, input_shape, rngs=None, carry_init=None):
@@ -450,4 +484,4 @@ class GRUCell(_Cell):
     )
 
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "from_core", "load_core", "to_core"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "from_core", "load_core", "to_core"]
