@@ -17,6 +17,8 @@ from recurrent.layers import Bidirectional, bidirectional, init_layers, stack
 from recurrent.lstm import LSTMGates, LSTMParams, LSTMState, lstm
 from recurrent.options import Options
 from recurrent.scan import scan, trace
+from recurrent.weight_drop import weight_drop
+from recurrent.zoneout import zoneout
 
 __version__ = "0.1.0"
 _LAZY_SUBMODULES = ("linen", "nnx")
@@ -52,4 +54,6 @@ __all__ = [
   "sequence_keys",
   "stack",
   "trace",
+  "weight_drop",
+  "zoneout",
 ]

@@ -90,6 +90,13 @@ class Cell(NamedTuple):
     name: a label for messages and tables; nothing dispatches on it.
     fast: a :class:`FastPath`, or None: plain autodiff of ``lax.scan``.
     dtype: the matmul operand dtype the cell was made with (None: the params' dtype).
+    draw: None, or ``draw(params, keys, num_steps) -> (params, noise)`` for a cell with
+      randomness of its own (zoneout, weight-drop). The driver calls it once per layer and
+      direction, before the loop, with that layer's per-sequence keys ``[B...]`` (None when
+      ``deterministic``), and runs the returned ``params``. ``noise``: None, or a pytree of
+      per-step arrays ``[T, B..., ...]`` (time-major), handed to ``recur`` as
+      ``xp_t = Noisy(xp_t, noise_t)``; ``recur`` called without it (as ``step`` does) must
+      compute the deterministic (expected) step.
   """
 
   init: Callable[..., Any]
@@ -103,6 +110,14 @@ class Cell(NamedTuple):
   name: str = "cell"
   fast: FastPath | None = None
   dtype: Any = None
+  draw: Callable[..., Any] | None = None
+
+
+class Noisy(NamedTuple):
+  """A step's input half with the step's noise (see ``Cell.draw``)."""
+
+  xp: Any
+  noise: Any
 
 
 def carry_dtype(params):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from recurrent import _checks
 from recurrent import dropout as _dropout
 from recurrent import options as _options
-from recurrent.scan import run
+from recurrent.scan import needs_keys, run
 
 
 class Bidirectional(NamedTuple):
@@ -87,8 +87,8 @@ def _layer(cell, params, xs, options, initial_carry, seq_lengths, keys):
   return Bidirectional(*finals), jnp.concatenate(outputs, axis=-1)
 
 
-def _checked_keys(options, key, xs):
-  if not options.dropout_on:
+def _checked_keys(cell, options, key, xs):
+  if not needs_keys(cell, options):
     return None
   return _checks.keys(key, "key", _checks.sequence("xs", xs, options.time_major)[0])
 
@@ -122,7 +122,7 @@ def bidirectional(
       "params of a bidirectional layer must be a recurrent.Bidirectional(forward,"
       f" backward) pair, got {type(params).__name__}"
     )
-  keys = _checked_keys(options, key, xs)
+  keys = _checked_keys(cell, options, key, xs)
   return _layer(cell, params, xs, options, initial_carry, seq_lengths, keys)
 
 
@@ -183,7 +183,7 @@ def stack(
     raise ValueError(
       f"initial_carry has {len(carries)} layers; expected one per layer ({num_layers})"
     )
-  keys = _checked_keys(options, key, xs)
+  keys = _checked_keys(cell, options, key, xs)
   finals = []
   for layer, (layer_params, layer_options) in enumerate(zip(params, per_layer)):
     final, xs = _layer(

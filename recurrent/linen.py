@@ -44,6 +44,7 @@ import numpy as np
 from recurrent import _checks, _wrapper
 from recurrent.gru import gru
 from recurrent.lstm import lstm
+from recurrent.scan import needs_keys
 
 Initializer = Callable[..., Any]
 
@@ -156,12 +157,12 @@ class _Layers(nn.Module):
     """
     _wrapper.check_structure(self.num_layers, self.bidirectional, self.reverse)
     input_size = _checks.sequence("inputs", inputs, self.time_major)[2]
-    if _wrapper.options(self, deterministic=False).dropout_on:
+    cell = self._cell()
+    if needs_keys(cell, _wrapper.options(self, deterministic=False)):
       deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     else:
-      deterministic = True  # nothing to drop: the flag is not needed
+      deterministic = True  # nothing random: the flag is not needed
     options = _wrapper.options(self, deterministic)
-    cell = self._cell()
     kind = _wrapper.params_type(cell)
     if self.has_variable("params", "layer_0"):
       stored = _wrapper.to_core({"layer_0": self.get_variable("params", "layer_0")}, kind)
@@ -176,7 +177,7 @@ class _Layers(nn.Module):
 
     core = _wrapper.to_core({f"layer_{i}": layer(i) for i in range(self.num_layers)}, kind)
     keys = None
-    if options.dropout_on:
+    if needs_keys(cell, options):
       if not self.has_rng("dropout"):
         raise ValueError(
           f"{type(self).__name__} has dropout on and deterministic=False but no 'dropout'"

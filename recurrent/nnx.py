@@ -52,6 +52,7 @@ from flax import nnx
 from recurrent import _checks, _wrapper
 from recurrent.gru import gru
 from recurrent.lstm import lstm
+from recurrent.scan import needs_keys
 
 Initializer = Callable[..., Any]
 from_core = _wrapper.from_core
@@ -198,8 +199,8 @@ class _Layers(nnx.Module):
     self.cell_options = cell_options
     self.deterministic = deterministic
     _wrapper.check_structure(num_layers, bidirectional, reverse)
-    on = _wrapper.options(self, deterministic=False).dropout_on  # checks every option
     cell = self._cell()
+    on = needs_keys(cell, _wrapper.options(self, deterministic=False))  # checks every option
     width = cell.hidden_size * (2 if bidirectional else 1)
     for layer in range(num_layers):
       size = in_features if layer == 0 else width
@@ -250,11 +251,11 @@ class _Layers(nnx.Module):
       )
     deterministic = self.deterministic if deterministic is None else deterministic
     options = _wrapper.options(self, deterministic)
+    cell = self._cell()
     keys = None
-    if options.dropout_on:
+    if needs_keys(cell, options):
       key = self._dropout_key(rngs)
       keys = _wrapper.batch_keys(key, inputs, self.time_major, example_ids)
-    cell = self._cell()
     core = _wrapper.to_core(
       {f"layer_{i}": _values(getattr(self, f"layer_{i}")) for i in range(self.num_layers)},
       _wrapper.params_type(cell),

@@ -48,7 +48,7 @@ def is_on(rate) -> bool:
   return _is_traced(rate) or hasattr(rate, "shape") or rate != 0.0
 
 
-def _check_flag(name: str, value) -> None:
+def check_flag(name: str, value) -> None:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(
       f"{name} must be a Python bool (a static flag, not a traced value), got {value!r}"
@@ -99,7 +99,7 @@ class Options:
 
   def __post_init__(self):
     for name in ("reverse", "time_major", "per_gate_masks", "deterministic"):
-      _check_flag(name, getattr(self, name))
+      check_flag(name, getattr(self, name))
     if not isinstance(self.unroll, (bool, np.bool_)):  # lax.scan takes True: unroll all
       _check_count("unroll", self.unroll, allow_none=False)
     _check_count("remat_every", self.remat_every, allow_none=True)

@@ -142,6 +142,12 @@ def _input_masks(cell, options, keys, input_size, dtype, carry_dtype):
   return in_mask, rec_mask
 
 
+def needs_keys(cell, options) -> bool:
+  """Whether a run draws randomness: dropout is on, or the cell draws its own
+  (``cell.draw``) and the run is not deterministic."""
+  return options.dropout_on or (cell.draw is not None and not options.deterministic)
+
+
 def run(cell, params, xs, options, initial_carry=None, seq_lengths=None, key=None, trace=False):
   """The driver behind :func:`scan`, :func:`trace` and :func:`recurrent.stack`.
 
@@ -161,10 +167,13 @@ def run(cell, params, xs, options, initial_carry=None, seq_lengths=None, key=Non
     _checks.carry("initial_carry", initial_carry, expected)
     carry = jax.tree.map(lambda c: jnp.asarray(c, carry_dtype), initial_carry)
 
-  in_mask = rec_mask = None
-  if options.dropout_on:
+  in_mask = rec_mask = keys = noise = None
+  if needs_keys(cell, options):
     keys = _checks.keys(key, "key", batch_shape)
+  if options.dropout_on:
     in_mask, rec_mask = _input_masks(cell, options, keys, input_size, xs.dtype, carry_dtype)
+  if cell.draw is not None:
+    params, noise = cell.draw(params, keys, num_steps)
 
   xs = xs if time_major else jnp.moveaxis(xs, -2, 0)
   valid = None
@@ -174,13 +183,13 @@ def run(cell, params, xs, options, initial_carry=None, seq_lengths=None, key=Non
     # Padding never reaches the cell: NaN or inf there would turn into NaN gradients
     # (0 * NaN) even though the held carry hides it from the outputs.
     xs = jnp.where(valid, xs, jnp.zeros_like(xs))
-  fast = None if trace or isinstance(rec_mask, tuple) else cell.fast
+  fast = None if trace or isinstance(rec_mask, tuple) or noise is not None else cell.fast
   remat = options.remat_every
   # The fast path can hand back batch-major outputs itself; the chunks of remat_every are
   # joined along time, so they stay time-major.
   batch_major = fast is not None and not time_major and remat is None
 
-  def recurrence(carry, xs, valid):
+  def recurrence(carry, xs, valid, noise):
     if fast is not None:
       plan = _fused.Plan(
         cell.num_gates, reverse, unroll, cell.dtype, batch_major, options.layout,
@@ -193,23 +202,25 @@ def run(cell, params, xs, options, initial_carry=None, seq_lengths=None, key=Non
     xp = cell.project(params, xs, in_mask)
 
     def body(carry, inputs):
-      xp_t, valid_t = inputs
+      xp_t, valid_t, noise_t = inputs
+      if noise_t is not None:
+        xp_t = _cell.Noisy(xp_t, noise_t)
       new, h, gates = cell.recur(params, carry, xp_t, rec_mask)
       new, (h, gates) = _fused.hold(valid_t, new, carry, (h, gates))
       return new, ((new, gates) if trace else h)
 
-    return jax.lax.scan(body, carry, (xp, valid), reverse=reverse, unroll=unroll)
+    return jax.lax.scan(body, carry, (xp, valid, noise), reverse=reverse, unroll=unroll)
 
   if remat is None:
-    final, ys = recurrence(carry, xs, valid)
+    final, ys = recurrence(carry, xs, valid, noise)
   else:
-    final, ys = _rematerialised(recurrence, carry, xs, valid, batch_shape, remat, reverse)
+    final, ys = _rematerialised(recurrence, carry, xs, valid, noise, batch_shape, remat, reverse)
   if not time_major and not batch_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
   return final, ys
 
 
-def _rematerialised(recurrence, carry, xs, valid, batch_shape, every: int, reverse: bool):
+def _rematerialised(recurrence, carry, xs, valid, noise, batch_shape, every: int, reverse):
   """``recurrence`` over chunks of ``every`` steps, each chunk under ``jax.checkpoint``.
 
   The backward pass keeps only the inputs and the carries between chunks, and recomputes
@@ -224,10 +235,10 @@ def _rematerialised(recurrence, carry, xs, valid, batch_shape, every: int, rever
   if pad:
     if valid is None:
       valid = jnp.ones((num_steps,) + batch_shape + (1,), bool)
-    xs = jnp.pad(xs, [(0, pad)] + [(0, 0)] * (xs.ndim - 1))
-    valid = jnp.pad(valid, [(0, pad)] + [(0, 0)] * (valid.ndim - 1))
+    fill = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))  # noqa: E731
+    xs, valid, noise = jax.tree.map(fill, (xs, valid, noise))
   split = lambda a: a.reshape((chunks, every) + a.shape[1:])  # noqa: E731
   body = jax.checkpoint(lambda c, inputs: recurrence(c, *inputs))
-  final, ys = jax.lax.scan(body, carry, jax.tree.map(split, (xs, valid)), reverse=reverse)
+  final, ys = jax.lax.scan(body, carry, jax.tree.map(split, (xs, valid, noise)), reverse=reverse)
   ys = jax.tree.map(lambda y: y.reshape((chunks * every,) + y.shape[2:])[:num_steps], ys)
   return final, ys
