@@ -121,9 +121,10 @@ def test_zoneout_masks_do_not_depend_on_the_batch_layout():
   zcell = recurrent.zoneout(cell, h=0.3, c=0.5)
   ids = jnp.array([10, 11, 12])
   perm = jnp.array([2, 0, 1])
-  run = lambda x, i: recurrent.scan(
-    zcell, params, x, key=recurrent.sequence_keys(jax.random.key(1), i)
-  )[1]  # noqa: E731
+
+  def run(x, i):
+    return recurrent.scan(zcell, params, x, key=recurrent.sequence_keys(jax.random.key(1), i))[1]
+
   np.testing.assert_allclose(run(xs, ids)[perm], run(xs[perm], ids[perm]), rtol=1e-6, atol=1e-6)
 
 
@@ -143,7 +144,7 @@ def test_zoneout_gradients_equal_a_python_loop():
     for t in range(T):
       xp = zcell.project(p, x[:, t])
       carry, h, _ = zcell.recur(
-        p, carry, recurrent.cell.Noisy(xp, jax.tree.map(lambda n: n[t], noise))
+        p, carry, recurrent.cell.Noisy(xp, jax.tree.map(lambda n, t=t: n[t], noise))
       )
       total = total + jnp.sum(jnp.sin(h))
     return total
@@ -162,9 +163,10 @@ def test_zoneout_in_stack_vmap_and_the_flax_layers():
   layers = recurrent.init_layers(cell, jax.random.key(0), IN, 2, bidirectional=True)
   keys = recurrent.sequence_keys(jax.random.key(1), B)
   lengths = jnp.array([6, 3, 1])
-  stack = lambda p, x, **kw: recurrent.stack(
-    cell, p, x, key=keys, seq_lengths=lengths, dropout=0.2, **kw
-  )[1]  # noqa: E731
+
+  def stack(p, x, **kw):
+    return recurrent.stack(cell, p, x, key=keys, seq_lengths=lengths, dropout=0.2, **kw)[1]
+
   ys = jax.jit(stack)(layers, xs)
   assert ys.shape == (B, T, 2 * H) and np.all(np.asarray(ys)[2, 1:] == 0)
   np.testing.assert_allclose(
