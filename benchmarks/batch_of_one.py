@@ -2,7 +2,7 @@
 
 Shape legend: B batch (here 1), T time, I input size, H hidden size.
 
-``recurrent.fused.unbatched(batch_shape)`` decides whether the forward alone (inference,
+``recurrent.fused.policy.unbatched(batch_shape)`` decides whether the forward alone (inference,
 evaluation: not under ``grad``) drops the batch dims of a batch of one. This script
 compiles ``recurrent.scan``'s jitted forward on ``xs [1, T, I]`` twice per shape and cell,
 with that rule forced on and off, checks that both give the same outputs, and times them
@@ -41,21 +41,12 @@ from benchmarks.lstm_cpu import (  # noqa: E402
 DEFAULT_SHAPES = ("1,1000,64,128", "1,200,128,256", "1,100,256,512")
 
 
-def _forced(rule: bool, build):
-  saved = recurrent.fused.unbatched
-  recurrent.fused.unbatched = lambda batch_shape: rule
-  try:
-    return build()
-  finally:
-    recurrent.fused.unbatched = saved
-
-
 def programs(cell, params, xs, weights) -> dict:
   """``{name: (compiled, compile_s)}`` of the four programs, all on ``(params, xs [1, T, I],
   weights [1, T, H])``."""
 
-  def forward():  # a fresh function for each rule: jax.jit would reuse the other's trace
-    return lambda p, x, w: recurrent.scan(cell, p, x)[1]
+  def forward(layout):
+    return lambda p, x, w: recurrent.scan(cell, p, x, layout=layout)[1]
 
   def grad(unbatched: bool):
     def loss(p, x, w):
@@ -66,8 +57,8 @@ def programs(cell, params, xs, weights) -> dict:
 
   args = (params, xs, weights)
   return {
-    "[1, H]": _forced(False, lambda: compile_timed(forward(), *args)),
-    "[H]": _forced(True, lambda: compile_timed(forward(), *args)),
+    "[1, H]": compile_timed(forward("batch"), *args),
+    "[H]": compile_timed(forward("unbatched"), *args),
     "grad [1, H]": compile_timed(grad(False), *args),
     "grad [H]": compile_timed(grad(True), *args),
   }
@@ -105,7 +96,7 @@ def bench(shape, cell_name, repeats: int) -> dict:
     "compile_s": {name: s for name, (_, s) in built.items()},
     "ratio_forward": med["[H]"] / med["[1, H]"],
     "ratio_grad": med["grad [H]"] / med["grad [1, H]"],
-    "rule": recurrent.fused.unbatched((batch,)),
+    "rule": recurrent.fused.policy.unbatched((batch,)),
     "max_diff": diffs,
     "samples_ms": {name: [1e3 * t for t in s] for name, s in samples.items()},
   }

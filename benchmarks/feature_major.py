@@ -2,7 +2,7 @@
 
 Shape legend: B batch, T time, I input size, H hidden size.
 
-``recurrent.fused.feature_major(B, G*H)`` decides whether the forward alone (inference,
+``recurrent.fused.policy.feature_major(B, G*H)`` decides whether the forward alone (inference,
 evaluation: not under ``grad``) runs with ``[H, B]`` carries, the recurrent matmul as
 ``w_hh^T @ h`` and the projections as ``[H, T, B]``. This script compiles
 ``recurrent.scan``'s jitted forward twice per shape and cell, with that rule forced on and
@@ -53,12 +53,8 @@ DEFAULT_SHAPES = (
 def compiled_forward(cell, params, xs, feature_major: bool):
   """``(compiled, seconds)``: ``recurrent.scan``'s forward traced and compiled with the
   rule forced, and its median compile time (``lstm_cpu.compile_timed``)."""
-  rule = recurrent.fused.feature_major
-  recurrent.fused.feature_major = lambda batch, width: feature_major
-  try:
-    return compile_timed(lambda p, x: recurrent.scan(cell, p, x)[1], params, xs)
-  finally:
-    recurrent.fused.feature_major = rule
+  layout = "feature" if feature_major else "batch"
+  return compile_timed(lambda p, x: recurrent.scan(cell, p, x, layout=layout)[1], params, xs)
 
 
 def step_programs(num_gates: int):
@@ -116,7 +112,7 @@ def bench(shape, cell_name, repeats: int, per_step: bool = False) -> dict:
     "us_per_step": {name: 1e3 * m / steps for name, m in med.items()},
     "gflops": {name: flops / m / 1e6 for name, m in med.items()},
     "ratio": med["feature-major"] / med["batch-major"],
-    "rule": recurrent.fused.feature_major(batch, cell.num_gates * hidden),
+    "rule": recurrent.fused.policy.feature_major(batch, cell.num_gates * hidden),
     "max_diff": diff,
     "samples_ms": {name: [1e3 * t for t in s] for name, s in samples.items()},
   }

@@ -11,7 +11,7 @@ For every shape and cell it times, interleaved in one process (float32, medians)
   ``recurrent``'s chunks of time steps where its forward chunks;
 * ``recurrent matmul``: T dependent steps ``h = tanh(sum of the G column blocks of
   h @ w_hh)``, batch-major (``benchmarks/feature_major.py --per-step``);
-* ``gate maths``: T steps of the cell's own pointwise maths (``cell.pointwise``) on the
+* ``gate maths``: T steps of the cell's own pointwise maths (``cell.fast.pointwise``) on the
   stored per-gate projections, with no matmul: the projection stands in for ``h @ w_hh``.
 
 A forward has to do all three, one after the other within a step (the gate maths needs
@@ -46,10 +46,10 @@ PARTS = ("projection", "recurrent matmul", "gate maths")
 
 def projection_program(steps: int, batch: int, width: int):
   """``(w_ih, xs [T, B, I])``: ``xs @ w_ih``, in ``recurrent``'s chunks of time steps
-  where its forward chunks (``recurrent.fused.projection_chunk``), each chunk's result
+  where its forward chunks (``recurrent.fused.policy.chunk_rule``), each chunk's result
   overwriting the last's, so that no buffer is faulted in at every call that
   ``recurrent``'s forward does not fault in."""
-  chunk = recurrent.fused.projection_chunk(steps, batch * width * 4)
+  chunk = recurrent.fused.policy.chunk_rule(steps, batch * width * 4)
 
   def project(w, xs):
     if chunk is None:
@@ -62,11 +62,11 @@ def projection_program(steps: int, batch: int, width: int):
 
 
 def gate_program(cell):
-  """``(extra, xp, carry) -> (carry, hs)``: ``cell.pointwise`` over T steps, no matmul."""
+  """``(extra, xp, carry) -> (carry, hs)``: ``cell.fast.pointwise`` over T steps, no matmul."""
 
   def run(extra, xp, carry):
     def step(carry, xp_t):
-      new, h, _ = cell.pointwise(extra, carry, xp_t, xp_t)
+      new, h, _ = cell.fast.pointwise(extra, carry, xp_t, xp_t)
       return new, h
 
     return jax.lax.scan(step, carry, xp)
@@ -92,7 +92,7 @@ def bench(shape, cell_name, repeats: int) -> dict:
     ),
     "gate maths": (
       gate_program(cell),
-      (cell.pointwise_params(params), cell.project(params, xs_tm), cell.initial_carry((batch,))),
+      (cell.fast.pointwise_params(params), cell.project(params, xs_tm), cell.initial_carry((batch,))),
     ),
   }
   calls = {k: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for k, (f, a) in programs.items()}

@@ -31,12 +31,12 @@ No gate nonlinearity in either: if ``floor`` (or ``stored``) alone takes longer 
 PyTorch's whole fused kernel, or longer than 0.75x Flax's whole program, no ``lax.scan``
 implementation on this XLA can reach that target; ``recurrent / stored`` shows what the
 gate maths and the bookkeeping cost on top. ``floor``'s forward projects all T steps at
-once, so where its projection exceeds ``recurrent.fused.CHUNK_ABOVE`` (32 MiB:
+once, so where its projection exceeds ``recurrent.fused.policy.CHUNK_ABOVE`` (32 MiB:
 64,200,256,512 among the defaults) it faults that buffer in at every call, while
 ``recurrent``'s forward runs in chunks and does not: there the forward ``floor`` is no
 bound, and the forward ``stored``, which chunks as ``recurrent`` does, is. Both run the
 recurrent matmul batch-major, ``h [B, H] @ w_hh``: where ``recurrent``'s forward runs
-feature-major (``recurrent.fused.feature_major``: B from 16 to 32 and G*H >= 3072, none
+feature-major (``recurrent.fused.policy.feature_major``: B from 16 to 32 and G*H >= 3072, none
 of the defaults; 32,100,128,256 until 2026-11-26's Zen 4 runs) neither bounds that forward.
 
 Run from the repository root::
@@ -115,7 +115,7 @@ def stored_floor_program(num_gates: int, hidden: int):
   nonlinearity: only the stores and loads (and the zero-filled stacks of ``lax.scan``) on
   top of the matmuls. Each step reads its row of the array at the end of the step before,
   after that step's write, as ``recurrent`` does: otherwise XLA copies the whole array at
-  every step (``recurrent/fused.py``).
+  every step (``recurrent/fused/``).
   """
 
   def forward_backward(w_ih, w_hh, xs, dys):
@@ -156,7 +156,7 @@ def stored_forward_program(num_gates: int, hidden: int, chunk):
 
   ``(w_ih, w_hh, xs [T, B, I]) -> hs [T, B, H]``. As ``floor_programs``' forward, but
   each step reads its projection, ``z = xp_t + h @ w_hh``, and stacks its output; and
-  with ``chunk`` (``recurrent.fused.projection_chunk``, not None where the projection
+  with ``chunk`` (``recurrent.fused.policy.chunk_rule``, not None where the projection
   exceeds 32 MiB) it projects and runs ``chunk`` steps at a time inside an outer loop, as
   ``recurrent``'s forward does, so that its buffer is not faulted in at every call either.
   Still no nonlinearity and no cell state.
@@ -218,7 +218,7 @@ def bench(shape, cell_name, repeats):
   rec_grad = jax.grad(lambda p, x, r: jnp.sum(rec_forward(p, x) * r), argnums=(0, 1))
   floor_fwd, floor_fwd_bwd = floor_programs(num_gates, hidden)
   floor_args = (params.w_ih, params.w_hh, xs_tm, dzs)
-  chunk = recurrent.fused.projection_chunk(steps, batch * num_gates * hidden * 4)
+  chunk = recurrent.fused.policy.chunk_rule(steps, batch * num_gates * hidden * 4)
   jitted = {
     ("recurrent", "fwd"): (jax.jit(rec_forward), (params, xs)),
     ("recurrent", "fwd+bwd"): (jax.jit(rec_grad), (params, xs, r)),
