@@ -16,8 +16,10 @@ Exactness:
 * Flax ``GRUCell`` -> :class:`recurrent.GRUParams`: exact. Back to Flax, the ``r`` and
   ``z`` parts of ``b_hh`` are added into Flax's input biases (Flax has no ``hr``/``hz``
   bias): the same function up to rounding of that sum.
-* Not possible: PyTorch LSTMs with ``proj_size > 0`` (no projection here), and any
-  reset-before GRU (neither PyTorch nor Flax computes that form).
+* PyTorch LSTM with ``proj_size > 0`` <-> :class:`ProjectionLSTMParams`: as the LSTM
+  (biases summed into ``b``), and ``w_hr = weight_hr.T`` exactly.
+* Not possible: any reset-before GRU (neither PyTorch nor Flax computes that form), and
+  projection LSTMs to or from Flax (Flax has none).
 
 PyTorch tensors are read with ``.detach().cpu().numpy()`` and written back as NumPy
 arrays, so this module never imports torch; load them with
@@ -32,6 +34,7 @@ import numpy as np
 from recurrent.gru import GRUParams
 from recurrent.layers import Bidirectional
 from recurrent.lstm import LSTMParams
+from recurrent.projection_lstm import ProjectionLSTMParams
 
 _TORCH_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
 
@@ -44,12 +47,22 @@ def _numpy(t) -> np.ndarray:
 
 def _torch_layer(sd: dict, suffix: str, dtype):
   w_ih, w_hh = _numpy(sd["weight_ih" + suffix]), _numpy(sd["weight_hh" + suffix])
-  hidden = w_hh.shape[1]
+  w_hr = sd.get("weight_hr" + suffix)
+  hidden = w_hh.shape[1] if w_hr is None else w_hr.shape[1]  # weight_hr is [P, H]
   gates = w_hh.shape[0] // hidden
-  zeros = np.zeros(gates * hidden, w_hh.dtype)
+  zeros = np.zeros(w_hh.shape[0], w_hh.dtype)
   b_ih = _numpy(sd.get("bias_ih" + suffix, zeros))
   b_hh = _numpy(sd.get("bias_hh" + suffix, zeros))
   as_jnp = lambda a: jnp.asarray(a, dtype or a.dtype)  # noqa: E731
+  if w_hr is not None:  # nn.LSTM(proj_size=P): weight_hr [P, H], weight_hh [4H, P]
+    w_hr = _numpy(w_hr)
+    if w_hh.shape != (4 * hidden, w_hr.shape[0]):
+      raise ValueError(
+        f"weight_hh{suffix} has shape {w_hh.shape} and weight_hr{suffix} {w_hr.shape};"
+        " expected [4H, P] and [P, H]"
+      )
+    b = as_jnp(b_ih + b_hh)
+    return ProjectionLSTMParams(as_jnp(w_ih.T), as_jnp(w_hh.T), b, as_jnp(w_hr.T))
   if gates == 4:
     return LSTMParams(as_jnp(w_ih.T), as_jnp(w_hh.T), as_jnp(b_ih + b_hh))
   if gates == 3:
@@ -69,9 +82,11 @@ def from_torch(state_dict, *, dtype=None) -> list:
     dtype: dtype of the result; None keeps the tensors' dtype.
 
   Returns:
-    A list with one entry per layer: :class:`LSTMParams`/:class:`GRUParams`, or a
-    :class:`recurrent.Bidirectional` pair of them. Use with ``recurrent.lstm(H)`` or
-    ``recurrent.gru(H)`` (reset-after, PyTorch's form) and ``forget_bias`` irrelevant.
+    A list with one entry per layer: :class:`LSTMParams`/:class:`GRUParams` (or
+    :class:`ProjectionLSTMParams` for ``proj_size > 0``), or a
+    :class:`recurrent.Bidirectional` pair of them. Use with ``recurrent.lstm(H)``,
+    ``recurrent.gru(H)`` (reset-after, PyTorch's form) or ``projection_lstm(H, P)``;
+    ``forget_bias`` is irrelevant.
   """
   layers = {}
   for name in state_dict:
@@ -80,8 +95,6 @@ def from_torch(state_dict, *, dtype=None) -> list:
       raise ValueError(
         f"state_dict has unexpected key {name!r}; expected PyTorch nn.LSTM/nn.GRU keys"
       )
-    if match.group(2) == "hr":
-      raise ValueError(f"state_dict has {name!r}: LSTMs with proj_size > 0 cannot be converted")
     layers.setdefault(int(match.group(3)), set()).add(bool(match.group(4)))
   if sorted(layers) != list(range(len(layers))) or not layers:
     raise ValueError(f"state_dict has layers {sorted(layers)}; expected 0..L-1")
@@ -96,7 +109,8 @@ def from_torch(state_dict, *, dtype=None) -> list:
 
 
 def to_torch(layers) -> dict:
-  """Stack params -> a PyTorch ``nn.LSTM``/``nn.GRU`` state dict of NumPy arrays.
+  """Stack params -> a PyTorch ``nn.LSTM``/``nn.GRU`` state dict of NumPy arrays (with
+  ``weight_hr_l*`` for :class:`ProjectionLSTMParams`, an ``nn.LSTM(proj_size=P)``'s).
 
   Args:
     layers: a list of per-layer params (or one layer's params), entries possibly
@@ -111,9 +125,11 @@ def to_torch(layers) -> dict:
       key = f"_l{layer}{suffix}"
       sd["weight_ih" + key] = np.asarray(params_d.w_ih).T.copy()
       sd["weight_hh" + key] = np.asarray(params_d.w_hh).T.copy()
-      if isinstance(params_d, LSTMParams):
+      if isinstance(params_d, (LSTMParams, ProjectionLSTMParams)):
         sd["bias_ih" + key] = np.asarray(params_d.b).copy()
         sd["bias_hh" + key] = np.zeros_like(sd["bias_ih" + key])
+        if isinstance(params_d, ProjectionLSTMParams):
+          sd["weight_hr" + key] = np.asarray(params_d.w_hr).T.copy()
       else:
         sd["bias_ih" + key] = np.asarray(params_d.b_ih).copy()
         sd["bias_hh" + key] = np.asarray(params_d.b_hh).copy()

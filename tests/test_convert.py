@@ -191,14 +191,6 @@ def test_from_torch_dtype():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(convert.from_torch(sd)))
 
 
-def test_proj_size_raises():
-  """PyTorch ``nn.LSTM(proj_size=3)``: no projection here, so the error says proj_size."""
-  torch.manual_seed(0)
-  module = torch.nn.LSTM(IN, H, num_layers=2, proj_size=3, batch_first=True)
-  with pytest.raises(ValueError, match="proj_size"):
-    convert.from_torch(module.state_dict())
-
-
 def _with_extra_key():
   sd = dict(_torch_module("gru", 1, False).state_dict())
   sd["weight_ih_l0_extra"] = sd["weight_ih_l0"]
