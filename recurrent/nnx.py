@@ -55,7 +55,12 @@ from recurrent.lstm import lstm
 from recurrent.scan import needs_keys
 
 Initializer = Callable[..., Any]
-from_core = _wrapper.from_core
+
+
+def from_core(core) -> dict:
+  """The core's params -> a module's param tree (see :func:`recurrent.linen.from_core`);
+  :func:`load_core` sets a module's params from the core's."""
+  return _wrapper.from_core(core)
 
 
 def _values(tree) -> dict:

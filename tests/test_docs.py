@@ -17,17 +17,38 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Page -> names that must appear in it (headings and anchors are rendered from the code).
 EXPECTED = {
-  "api/cells/index.html": ["recurrent.cell.Cell", "LSTMParams", "LSTMState", "GRUParams", "lstm"],
-  "api/scan/index.html": ["recurrent.scan", "recurrent.scan.trace", "recurrent.fused"],
+  "api/cells/index.html": [
+    "recurrent.cell.Cell",
+    "recurrent.cell.FastPath",
+    "LSTMParams",
+    "LSTMState",
+    "GRUParams",
+    "lstm",
+    "recurrent.layer_norm_lstm.layer_norm_lstm",
+    "recurrent.projection_lstm.projection_lstm",
+  ],
+  "api/regularisers/index.html": ["recurrent.zoneout.zoneout", "recurrent.weight_drop.weight_drop"],
+  "api/scan/index.html": [
+    "recurrent.scan",
+    "recurrent.scan.trace",
+    "recurrent.fused",
+    "recurrent.options.Options",
+    "recurrent.fused.policy.chunk_rule",
+  ],
+  "cells/index.html": ["FastPath", "elman", "sums_only"],
+  "api/linen/index.html": [
+    "recurrent.linen.RNN",
+    "recurrent.linen.LSTM",
+    "recurrent.linen.GRUCell",
+  ],
+  "api/nnx/index.html": ["recurrent.nnx.RNN", "recurrent.nnx.LSTM", "recurrent.nnx.GRUCell"],
   "api/layers/index.html": ["recurrent.layers.stack", "recurrent.layers.bidirectional"],
   "api/dropout/index.html": ["recurrent.dropout.sequence_keys", "recurrent.dropout.mc_average"],
   "api/convert/index.html": ["recurrent.convert.from_torch", "recurrent.convert.to_flax"],
-  "api/linen/index.html": ["recurrent.linen.LSTM", "recurrent.linen.GRUCell"],
-  "api/nnx/index.html": ["recurrent.nnx.LSTM", "recurrent.nnx.GRUCell"],
   "api/train/loop/index.html": ["recurrent.train.loop.train_and_evaluate"],
   "api/train/config/index.html": ["recurrent.train.config.base_config"],
   "api/train/models/index.html": ["recurrent.train.models.SequenceModel"],
-  "design/index.html": ["1512.05287", "fold_in"],
+  "design/index.html": ["1512.05287", "fold_in", "Glossary"],
 }
 
 

@@ -9,7 +9,7 @@ recurrent mask per gate and :func:`recurrent.trace`.
 * :mod:`recurrent.fused.policy`: which layout the forward alone uses (measured rules);
 * :mod:`recurrent.fused.layouts`: the forward alone in each layout;
 * :mod:`recurrent.fused.vjp`: the forward under ``grad`` and the backward pass;
-* :mod:`recurrent.fused.loops`: what their loops share.
+* ``recurrent.fused.loops``: what their loops share.
 """
 
 from recurrent.fused.layouts import Plan
