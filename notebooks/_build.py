@@ -36,7 +36,7 @@ import sys
 if "google.colab" in sys.modules:
   if not os.path.isdir("/content/recurrent"):
     subprocess.run(["git", "clone", "--depth=1", REPO_URL, "/content/recurrent"], check=True)
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "/content/recurrent"], check=True)
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "/content/recurrent[train]"], check=True)
 """.replace("REPO_URL", repr(REPO_URL).replace("'", '"'))
 
 SETUP = r"""

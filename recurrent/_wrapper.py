@@ -13,6 +13,7 @@ Each layer's entry holds the fields of the cell's params (a NamedTuple).
 """
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +22,9 @@ import numpy as np
 from recurrent import _checks
 from recurrent import dropout as _dropout
 from recurrent import options as _options
-from recurrent.gru import GRUParams
-from recurrent.layers import Bidirectional, stack
-from recurrent.lstm import LSTMParams
+from recurrent.gru import GRUParams, GRUState
+from recurrent.layers import Bidirectional, merged_size, stack
+from recurrent.lstm import LSTMParams, LSTMState
 
 DIRECTIONS = ("forward", "backward")
 BUILT_IN = (LSTMParams, GRUParams)
@@ -102,6 +103,11 @@ def init_tree(cell, key, input_size: int, bidirectional: bool) -> dict:
   return tree_of(cell.init(key, input_size))
 
 
+def width(cell, bidirectional: bool, merge) -> int:
+  """The input size of every layer but the first."""
+  return merged_size(cell.hidden_size, merge) if bidirectional else cell.hidden_size
+
+
 def check_structure(num_layers: int, bidirectional: bool, reverse: bool) -> None:
   if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
     raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -167,6 +173,7 @@ def options(module, deterministic: bool) -> _options.Options:
     time_major=module.time_major,
     unroll=module.unroll,
     remat_every=module.remat_every,
+    merge=module.merge,
     dropout=module.dropout,
     recurrent_dropout=module.recurrent_dropout,
     per_gate_masks=module.per_gate_masks,
@@ -183,3 +190,115 @@ def apply(cell, core, inputs, options, keys, seq_lengths, initial_carry):
     cell, core, inputs, initial_carry=carries, seq_lengths=seq_lengths, key=keys,
     options=options,
   )  # fmt: skip
+
+
+# --- the cells for Flax's own nn.RNN / nnx.RNN ----------------------------------------------
+
+
+class CellMasks(NamedTuple):
+  """The dropout masks a Flax-facing cell holds in its carry: drawn at a sequence's first
+  step (``drawn`` 0) and reused at every later one, so they are time-invariant.
+
+  Attributes:
+    inputs: ``[B..., I]`` input mask.
+    hidden: ``[B..., H]`` recurrent mask.
+    drawn: ``[B..., 1]``, 1 once the masks are drawn.
+  """
+
+  inputs: jax.Array
+  hidden: jax.Array
+  drawn: jax.Array
+
+
+def check_activations(owner: str, gate_fn, activation_fn) -> None:
+  """Flax's cells take ``gate_fn``/``activation_fn``; these compute sigmoid and tanh only
+  (their params, fast path and converters assume them)."""
+  for name, given, expected in (
+    ("gate_fn", gate_fn, (jax.nn.sigmoid,)),
+    ("activation_fn", activation_fn, (jnp.tanh, jax.numpy.tanh)),
+  ):
+    if given not in expected:
+      raise ValueError(
+        f"{owner} computes {expected[0].__name__} for {name}, got {given!r}: use Flax's own"
+        " cell for other activations, or write a recurrent.Cell"
+      )
+
+
+def flax_carry(state):
+  """The core's carry -> Flax's: ``LSTMState(h, c)`` -> ``(c, h)``, ``GRUState(h)`` -> ``h``."""
+  if isinstance(state, LSTMState):
+    return (state.c, state.h)
+  if isinstance(state, GRUState):
+    return state.h
+  return state
+
+
+def core_carry(owner: str, carry, template):
+  """Flax's carry -> the core's (the inverse of :func:`flax_carry`), refusing the core's own
+  ``LSTMState(h, c)``, whose order Flax code would silently swap."""
+  if isinstance(template, LSTMState):
+    if isinstance(carry, LSTMState) or not (isinstance(carry, tuple) and len(carry) == 2):
+      raise TypeError(
+        f"{owner} takes Flax's LSTM carry, a tuple (c, h) as initialize_carry returns it,"
+        f" got {type(carry).__name__}"
+        + (": pass (state.c, state.h)" if isinstance(carry, LSTMState) else "")
+      )
+    c, h = carry
+    return LSTMState(h=h, c=c)
+  if isinstance(template, GRUState):
+    if isinstance(carry, tuple):
+      raise TypeError(f"{owner} takes Flax's GRU carry, the array h, got {type(carry).__name__}")
+    return GRUState(carry)
+  return carry
+
+
+def init_carry(cell, carry_init, key, batch_shape, dtype):
+  """Flax's carry from ``carry_init``, one key per field (Flax splits its key the same way)."""
+  template = cell.initial_carry(batch_shape, dtype)
+  keys = jax.random.split(key, len(template))
+  fields = [carry_init(k, f.shape, f.dtype) for k, f in zip(keys, template)]
+  return flax_carry(type(template)(*fields))
+
+
+def check_cell_rates(dropout, recurrent_dropout) -> bool:
+  """Checks the rates of a Flax-facing cell; whether any dropout is on."""
+  _options.check_rate("dropout", dropout)
+  _options.check_rate("recurrent_dropout", recurrent_dropout)
+  return _options.is_on(dropout) or _options.is_on(recurrent_dropout)
+
+
+def empty_masks(batch_shape, input_size: int, hidden_size: int, dtype) -> CellMasks:
+  return CellMasks(
+    jnp.zeros(batch_shape + (input_size,), dtype),
+    jnp.zeros(batch_shape + (hidden_size,), dtype),
+    jnp.zeros(batch_shape + (1,), dtype),
+  )
+
+
+def hold_masks(masks: CellMasks, rng, dropout, recurrent_dropout) -> CellMasks:
+  """The masks of this step: those in the carry once drawn, else new ones, one per sequence
+  from ``sequence_keys(rng, arange(B))`` (``fold_in`` streams 0 and 1, as the layers)."""
+  batch_shape = masks.drawn.shape[:-1]
+  keys = _dropout.sequence_keys(rng, int(np.prod(batch_shape))).reshape(batch_shape)
+  drawn = masks.drawn != 0
+  new = []
+  for stream, (held, rate) in enumerate(
+    ((masks.inputs, dropout), (masks.hidden, recurrent_dropout))
+  ):
+    (fresh,) = _dropout.masks(_dropout.derive(keys, stream), held.shape[-1], rate, 1, held.dtype)
+    new.append(jnp.where(drawn, held, fresh))
+  return CellMasks(*new, jnp.ones_like(masks.drawn))
+
+
+def cell_step(owner: str, cell, params, carry, inputs, masks):
+  """One step of a Flax-facing cell: ``(carry, h)`` in Flax's carry convention; with
+  ``masks`` (a :class:`CellMasks`, or None when deterministic) the carry is
+  ``(flax_carry, masks)``."""
+  template = jax.eval_shape(lambda: cell.initial_carry(np.shape(inputs)[:-1]))
+  state = core_carry(owner, carry, template)
+  if masks is None:
+    new, h = cell.step(params, state, inputs)
+  else:
+    xp = cell.project(params, inputs, masks.inputs)
+    new, h, _ = cell.recur(params, state, xp, masks.hidden)
+  return flax_carry(new), h

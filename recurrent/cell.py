@@ -199,7 +199,7 @@ def project_gates(x: Array, w: Array, mask: Mask, num_gates: int, dtype) -> tupl
 
   One ``[T, B, H]`` array per gate, not one ``[T, B, G*H]`` array split afterwards: on
   XLA:CPU the split of the big array gets fused into the scan body's gate math, which
-  then runs several times slower (see PERFORMANCE-NOTES). No bias: the cells add theirs
+  then runs several times slower. No bias: the cells add theirs
   in the step's gate math, which reads these arrays anyway, rather than in one more pass
   over them. The gradients are one matmul each (:func:`gate_dots`), unless every gate
   has a mask of its own.

@@ -28,10 +28,37 @@ class Bidirectional(NamedTuple):
   backward: Any
 
 
+def merged_size(hidden_size: int, merge="concat") -> int:
+  """The feature size of a bidirectional layer's outputs under ``merge`` (see
+  :class:`recurrent.Options`): 2H for ``'concat'``, H for the others; a function's is
+  found by evaluating its shapes."""
+  if merge == "concat":
+    return 2 * hidden_size
+  if isinstance(merge, str):
+    return hidden_size
+  half = jax.ShapeDtypeStruct((1, hidden_size), jnp.float32)
+  return jax.eval_shape(merge, half, half).shape[-1]
+
+
+def merge_outputs(merge, forward, backward):
+  """A bidirectional layer's two outputs joined by ``merge``."""
+  if callable(merge):
+    return merge(forward, backward)
+  return {
+    "concat": lambda: jnp.concatenate([forward, backward], axis=-1),
+    "sum": lambda: forward + backward,
+    "mean": lambda: (forward + backward) / 2,
+    "mul": lambda: forward * backward,
+    "none": lambda: Bidirectional(forward, backward),
+  }[merge]()
+
+
 def init_layers(
-  cell, key, input_size: int, num_layers: int = 1, *, bidirectional: bool = False
-) -> list:
-  """Params of a stack: layer 0 takes I inputs, the others D*H.
+  cell, key, input_size: int, num_layers: int = 1, *, bidirectional: bool = False,
+  merge="concat",
+) -> list:  # fmt: skip
+  """Params of a stack: layer 0 takes I inputs, the others D*H (or, bidirectional, the
+  size ``merge`` gives: H for ``'sum'``, ``'mean'`` and ``'mul'``).
 
   Example:
     >>> import jax, recurrent
@@ -44,7 +71,8 @@ def init_layers(
     raise ValueError(f"num_layers must be >= 1, got {num_layers}")
   layers = []
   for layer, k in enumerate(jax.random.split(key, num_layers)):
-    size = input_size if layer == 0 else cell.hidden_size * (2 if bidirectional else 1)
+    width = merged_size(cell.hidden_size, merge) if bidirectional else cell.hidden_size
+    size = input_size if layer == 0 else width
     if bidirectional:
       k_f, k_b = jax.random.split(k)
       layers.append(Bidirectional(cell.init(k_f, size), cell.init(k_b, size)))
@@ -84,7 +112,7 @@ def _layer(cell, params, xs, options, initial_carry, seq_lengths, keys):
     final, ys = run(cell, p, xs, opts, c, seq_lengths, k)
     finals.append(final)
     outputs.append(ys)
-  return Bidirectional(*finals), jnp.concatenate(outputs, axis=-1)
+  return Bidirectional(*finals), merge_outputs(options.merge, *outputs)
 
 
 def _checked_keys(cell, options, key, xs):
@@ -112,7 +140,8 @@ def bidirectional(
   ``fold_in(key, 0)`` and ``fold_in(key, 1)`` of each sequence's key.
 
   Returns:
-    ``(Bidirectional(forward_carry, backward_carry), outputs [B..., T, 2H])``.
+    ``(Bidirectional(forward_carry, backward_carry), outputs)``: ``[B..., T, 2H]``, or as
+    ``merge`` joins them (see :class:`recurrent.Options`).
   """
   if "reverse" in kwargs:
     raise TypeError("bidirectional() runs both directions; it takes no reverse argument")
@@ -156,7 +185,7 @@ def stack(
 
   Returns:
     ``(final_carries, outputs)``: a list of per-layer final carries and the top layer's
-    outputs ``[B..., T, D*H]``.
+    outputs ``[B..., T, D*H]`` (bidirectional: as ``merge`` joins them).
 
   Example:
     >>> import jax, jax.numpy as jnp, recurrent
@@ -184,6 +213,11 @@ def stack(
       f"initial_carry has {len(carries)} layers; expected one per layer ({num_layers})"
     )
   keys = _checked_keys(cell, options, key, xs)
+  if options.merge == "none" and any(isinstance(p, Bidirectional) for p in params[:-1]):
+    raise ValueError(
+      "merge='none' returns a pair of outputs, which no next layer takes: use it with a"
+      " bidirectional top layer only, or another merge"
+    )
   finals = []
   for layer, (layer_params, layer_options) in enumerate(zip(params, per_layer)):
     final, xs = _layer(

@@ -121,6 +121,7 @@ class _Layers(nn.Module):
   return_carry: bool = False
   unroll: int = 1
   remat_every: int | None = None
+  merge: Any = "concat"
   dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: Initializer = jax.nn.initializers.glorot_uniform()
@@ -167,7 +168,7 @@ class _Layers(nn.Module):
     if self.has_variable("params", "layer_0"):
       stored = _wrapper.to_core({"layer_0": self.get_variable("params", "layer_0")}, kind)
       _wrapper.check_input_size("inputs", input_size, cell, stored[0])
-    width = cell.hidden_size * (2 if self.bidirectional else 1)
+    width = _wrapper.width(cell, self.bidirectional, self.merge)
 
     def layer(index):
       size = input_size if index == 0 else width
@@ -234,6 +235,8 @@ class LSTM(_Layers):
     time_major: inputs and outputs are ``[T, B..., F]``.
     return_carry: return ``(carries, outputs)`` rather than ``outputs``.
     unroll, remat_every: as in :func:`recurrent.scan`.
+    merge: how bidirectional layers join their outputs: ``'concat'`` (default), ``'sum'``,
+      ``'mean'``, ``'mul'``, ``'none'`` or a function (see :class:`recurrent.Options`).
     dtype: the matmul operand dtype (e.g. ``jnp.bfloat16``); None: ``param_dtype``.
     param_dtype: dtype of the params and the carry.
     kernel_init: initialiser of ``w_ih``; Glorot uniform.
@@ -303,18 +306,26 @@ class _Cell(nn.RNNCellBase):
   """The implementation shared by :class:`LSTMCell` and :class:`GRUCell`."""
 
   features: int
+  gate_fn: Callable = jax.nn.sigmoid
+  activation_fn: Callable = jnp.tanh
   dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: Initializer = jax.nn.initializers.glorot_uniform()
   recurrent_kernel_init: Initializer = jax.nn.initializers.orthogonal()
+  carry_init: Initializer = nn.initializers.zeros_init()
+  dropout: float = 0.0
+  recurrent_dropout: float = 0.0
+  deterministic: bool | None = None
 
   def _cell(self):
     raise NotImplementedError
 
   @nn.compact
   def __call__(self, carry, inputs):
-    """One step: ``carry`` (leaves ``[B..., H]``), ``inputs [B..., I]`` ->
-    ``(carry, h [B..., H])``, by the core cell's ``step``."""
+    """One step: ``carry`` (Flax's: ``(c, h)`` for the LSTM, ``h`` for the GRU; with
+    dropout, ``(that, masks)``), ``inputs [B..., I]`` -> ``(carry, h [B..., H])``."""
+    owner = type(self).__name__
+    _wrapper.check_activations(owner, self.gate_fn, self.activation_fn)
     cell = self._cell()
     kind = _wrapper.params_type(cell)
     input_size = np.shape(inputs)[-1]
@@ -327,13 +338,37 @@ class _Cell(nn.RNNCellBase):
         self.param(f, lambda key, f=f: getattr(cell.init(key, input_size), f)) for f in kind._fields
       )
     )
-    return cell.step(params, carry, inputs)
+    masks = None
+    if _wrapper.check_cell_rates(self.dropout, self.recurrent_dropout):
+      if not (
+        isinstance(carry, tuple) and len(carry) == 2 and isinstance(carry[1], _wrapper.CellMasks)
+      ):
+        raise TypeError(
+          f"{owner} has dropout on: its carry is (carry, masks), as initialize_carry makes it"
+        )
+      carry, masks = carry
+      deterministic = nn.merge_param("deterministic", self.deterministic, None)
+      if not deterministic:
+        masks = _wrapper.hold_masks(
+          masks, self.make_rng("dropout"), self.dropout, self.recurrent_dropout
+        )
+      new, h = _wrapper.cell_step(
+        owner, cell, params, carry, inputs, None if deterministic else masks
+      )
+      return (new, masks), h
+    return _wrapper.cell_step(owner, cell, params, carry, inputs, None)
 
   @nn.nowrap
   def initialize_carry(self, rng, input_shape):
-    """Zeros, leaves ``[B..., H]`` for ``input_shape = (B..., I)``; ``rng`` is unused."""
-    del rng
-    return self._cell().initial_carry(tuple(input_shape[:-1]), self.param_dtype)
+    """Flax's carry for ``input_shape = (B..., I)``, each field from ``carry_init``
+    (zeros by default) with its own key; with dropout on, ``(carry, masks)``."""
+    batch_shape = tuple(input_shape[:-1])
+    cell = self._cell()
+    carry = _wrapper.init_carry(cell, self.carry_init, rng, batch_shape, self.param_dtype)
+    if _wrapper.check_cell_rates(self.dropout, self.recurrent_dropout):
+      masks = _wrapper.empty_masks(batch_shape, input_shape[-1], cell.hidden_size, self.param_dtype)
+      return carry, masks
+    return carry
 
   @property
   def num_feature_axes(self) -> int:
@@ -341,15 +376,27 @@ class _Cell(nn.RNNCellBase):
 
 
 class LSTMCell(_Cell):
-  """An LSTM cell for ``flax.linen.RNN``: ``recurrent.lstm``'s ``step`` as a linen cell.
+  """An LSTM cell for ``flax.linen.RNN``: ``recurrent.lstm``'s step as a linen cell.
 
-  A drop-in for ``nn.LSTMCell(features)``/``nn.OptimizedLSTMCell(features)`` except for
-  the carry, a :class:`recurrent.LSTMState` ``(h, c)`` where Flax's is ``(c, h)``, and
-  the initialisers (the core's). Params ``{'w_ih', 'w_hh', 'b'}``; for Flax cell params
-  use ``from_core(recurrent.convert.from_flax(variables))``.
+  A drop-in for ``nn.LSTMCell(features)``/``nn.OptimizedLSTMCell(features)``: Flax's
+  carry ``(c, h)`` (a :class:`recurrent.LSTMState`, ``(h, c)``, is refused rather than
+  silently swapped), ``initialize_carry(rng, input_shape)`` with ``carry_init``, and
+  ``gate_fn``/``activation_fn`` (sigmoid and tanh only: other functions raise). It differs
+  in its params, ``{'w_ih', 'w_hh', 'b'}`` (gates fused; for Flax cell params use
+  ``from_core(recurrent.convert.from_flax(variables))``), and in its initialisers (the
+  core's, with ``forget_bias=1``).
+
+  With ``dropout``/``recurrent_dropout`` the masks are time-invariant: drawn from the
+  ``'dropout'`` rng at a sequence's first step, one per sequence (by its place in the
+  batch), and held in the carry, which is then ``((c, h), masks)``. ``deterministic`` (an
+  attribute, as ``nn.RNN`` calls the cell without keywords) turns them off. For masks that
+  do not depend on the batch layout, use :class:`LSTM` with ``example_ids``.
 
   Attributes:
     features: H.
+    gate_fn, activation_fn: Flax's; only ``jax.nn.sigmoid`` and ``jnp.tanh`` are taken.
+    carry_init: initialiser of each carry field (zeros).
+    dropout, recurrent_dropout, deterministic: time-invariant dropout, as above.
     dtype, param_dtype, kernel_init, recurrent_kernel_init, forget_bias: as in
       :class:`LSTM`.
 
@@ -376,14 +423,16 @@ class LSTMCell(_Cell):
 
 
 class GRUCell(_Cell):
-  """A GRU cell for ``flax.linen.RNN``: ``recurrent.gru``'s ``step`` as a linen cell.
+  """A GRU cell for ``flax.linen.RNN``: ``recurrent.gru``'s step as a linen cell.
 
-  Params ``{'w_ih', 'w_hh', 'b_ih', 'b_hh'}``; carry :class:`recurrent.GRUState`.
+  A drop-in for ``nn.GRUCell(features)`` as :class:`LSTMCell` is for Flax's LSTM cells:
+  Flax's carry, the array ``h``; params ``{'w_ih', 'w_hh', 'b_ih', 'b_hh'}``; dropout as
+  in :class:`LSTMCell` (carry ``(h, masks)``).
 
   Attributes:
     features: H.
     reset_after: as in :func:`recurrent.gru`.
-    dtype, param_dtype, kernel_init, recurrent_kernel_init: as in :class:`GRU`.
+    the others: as in :class:`LSTMCell`.
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, recurrent.linen as rnn

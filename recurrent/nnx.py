@@ -173,6 +173,7 @@ class _Layers(nnx.Module):
     return_carry: bool = False,
     unroll: int = 1,
     remat_every: int | None = None,
+    merge: Any = "concat",
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
     kernel_init: Initializer = jax.nn.initializers.glorot_uniform(),
@@ -197,6 +198,7 @@ class _Layers(nnx.Module):
     self.return_carry = return_carry
     self.unroll = unroll
     self.remat_every = remat_every
+    self.merge = nnx.static(merge)
     self.dtype = dtype
     self.param_dtype = param_dtype
     self.kernel_init = kernel_init
@@ -206,7 +208,7 @@ class _Layers(nnx.Module):
     _wrapper.check_structure(num_layers, bidirectional, reverse)
     cell = self._cell()
     on = needs_keys(cell, _wrapper.options(self, deterministic=False))  # checks every option
-    width = cell.hidden_size * (2 if bidirectional else 1)
+    width = _wrapper.width(cell, bidirectional, merge)
     for layer in range(num_layers):
       size = in_features if layer == 0 else width
       tree = _wrapper.init_tree(cell, rngs.params(), size, bidirectional)
@@ -319,7 +321,7 @@ class LSTM(_Layers):
     in_features: I.
     hidden_size: H.
     num_layers, bidirectional, dropout, recurrent_dropout, per_gate_masks, reverse,
-      time_major, return_carry, unroll, remat_every, dtype, param_dtype, kernel_init,
+      time_major, return_carry, unroll, remat_every, merge, dtype, param_dtype, kernel_init,
       recurrent_kernel_init: as the attributes of :class:`recurrent.linen.LSTM`
       (``dropout=(0.0, p, p)`` drops only between layers, like PyTorch).
     deterministic: False (default, like ``nnx.Dropout``) applies dropout when a rate is
@@ -392,29 +394,48 @@ class _Cell(nnx.RNNCellBase):
     in_features: int,
     hidden_features: int,
     *,
+    gate_fn: Callable = jax.nn.sigmoid,
+    activation_fn: Callable = jnp.tanh,
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
     kernel_init: Initializer = jax.nn.initializers.glorot_uniform(),
     recurrent_kernel_init: Initializer = jax.nn.initializers.orthogonal(),
+    carry_init: Initializer | None = None,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    deterministic: bool = False,
     rngs: nnx.Rngs,
     **cell_options,
   ):
+    _wrapper.check_activations(type(self).__name__, gate_fn, activation_fn)
     self.in_features = in_features
     self.hidden_features = hidden_features
     self.dtype = dtype
     self.param_dtype = param_dtype
     self.kernel_init = kernel_init
     self.recurrent_kernel_init = recurrent_kernel_init
+    self.carry_init = carry_init
+    self.dropout = dropout
+    self.recurrent_dropout = recurrent_dropout
+    self.deterministic = deterministic
     self.cell_options = cell_options
     for name, value in from_core(self._cell().init(rngs.params(), in_features)).items():
       setattr(self, name, nnx.Param(value))
+    on = _wrapper.check_cell_rates(dropout, recurrent_dropout)
+    self.rngs = _dropout_stream(rngs, on)
 
   def _cell(self):
     raise NotImplementedError
 
+  def set_view(self, deterministic: bool | None = None):
+    """For ``nnx.view(model, deterministic=...)``, ``eval()`` and ``train()``."""
+    if deterministic is not None:
+      self.deterministic = deterministic
+
   def __call__(self, carry, inputs):
-    """One step: ``carry`` (leaves ``[B..., H]``), ``inputs [B..., I]`` ->
-    ``(carry, h [B..., H])``, by the core cell's ``step``."""
+    """One step: ``carry`` (Flax's: ``(c, h)`` for the LSTM, ``h`` for the GRU; with
+    dropout, ``(that, masks)``), ``inputs [B..., I]`` -> ``(carry, h [B..., H])``."""
+    owner = type(self).__name__
     if np.shape(inputs)[-1] != self.in_features:
       raise ValueError(
         f"inputs has feature size {np.shape(inputs)[-1]} but params expect input_size"
@@ -423,12 +444,35 @@ class _Cell(nnx.RNNCellBase):
     cell = self._cell()
     kind = _wrapper.params_type(cell)
     params = kind(*(getattr(self, f).get_value() for f in kind._fields))
-    return cell.step(params, carry, inputs)
+    if not _wrapper.check_cell_rates(self.dropout, self.recurrent_dropout):
+      return _wrapper.cell_step(owner, cell, params, carry, inputs, None)
+    if not (isinstance(carry, tuple) and len(carry) == 2):
+      raise TypeError(
+        f"{owner} has dropout on: its carry is (carry, masks), as initialize_carry makes it"
+      )
+    carry, masks = carry
+    if not self.deterministic:
+      masks = _wrapper.hold_masks(masks, self.rngs(), self.dropout, self.recurrent_dropout)
+    new, h = _wrapper.cell_step(
+      owner, cell, params, carry, inputs, None if self.deterministic else masks
+    )
+    return (new, masks), h
 
   def initialize_carry(self, input_shape, rngs=None, carry_init=None):
-    """Zeros, leaves ``[B..., H]`` for ``input_shape = (B..., I)``."""
-    del rngs, carry_init
-    return self._cell().initial_carry(tuple(input_shape[:-1]), self.param_dtype)
+    """Flax's carry for ``input_shape = (B..., I)``: each field from ``carry_init`` (the
+    argument, else the constructor's, else zeros) with a key from ``rngs`` (its ``carry``
+    stream); with dropout on, ``(carry, masks)``."""
+    init = carry_init or self.carry_init or nnx.initializers.zeros_init()
+    if isinstance(rngs, nnx.Rngs):
+      rngs = rngs.carry
+    key = rngs() if rngs is not None else jax.random.key(0)
+    batch_shape = tuple(input_shape[:-1])
+    cell = self._cell()
+    carry = _wrapper.init_carry(cell, init, key, batch_shape, self.param_dtype)
+    if _wrapper.check_cell_rates(self.dropout, self.recurrent_dropout):
+      masks = _wrapper.empty_masks(batch_shape, input_shape[-1], cell.hidden_size, self.param_dtype)
+      return carry, masks
+    return carry
 
   @property
   def num_feature_axes(self) -> int:
@@ -436,8 +480,12 @@ class _Cell(nnx.RNNCellBase):
 
 
 class LSTMCell(_Cell):
-  """An LSTM cell for ``nnx.RNN``: ``recurrent.lstm``'s ``step``, params
-  ``w_ih, w_hh, b``, carry :class:`recurrent.LSTMState` ``(h, c)`` (Flax's is ``(c, h)``).
+  """An LSTM cell for ``nnx.RNN``: ``recurrent.lstm``'s step, params ``w_ih, w_hh, b``, and
+  Flax's conventions as :class:`recurrent.linen.LSTMCell` has them: carry ``(c, h)``,
+  ``initialize_carry(input_shape, rngs=None, carry_init=None)``, ``gate_fn`` and
+  ``activation_fn`` (sigmoid and tanh only), time-invariant ``dropout`` and
+  ``recurrent_dropout`` held in the carry (``((c, h), masks)``; drawn from the
+  ``'dropout'`` stream of ``rngs``, off after ``eval()``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -463,8 +511,9 @@ class LSTMCell(_Cell):
 
 
 class GRUCell(_Cell):
-  """A GRU cell for ``nnx.RNN``: ``recurrent.gru``'s ``step``, params
-  ``w_ih, w_hh, b_ih, b_hh``, carry :class:`recurrent.GRUState`.
+  """A GRU cell for ``nnx.RNN``: ``recurrent.gru``'s step, params
+  ``w_ih, w_hh, b_ih, b_hh``, Flax's carry (the array ``h``), and the options of
+  :class:`LSTMCell`.
 
   Example:
     >>> import jax.numpy as jnp

@@ -19,6 +19,7 @@ import numpy as np
 
 Rate = Union[float, jax.Array]
 LAYOUTS = ("auto", "batch", "feature", "unbatched")
+MERGES = ("concat", "sum", "mean", "mul", "none")
 
 
 def _is_traced(value) -> bool:
@@ -84,6 +85,10 @@ class Options:
       carries). Gradients always use ``'batch'``.
     projection_chunk: ``'auto'``, None (project all steps at once) or k (a divisor of T):
       how many steps the fast path's forward alone projects at a time.
+    merge: how a bidirectional layer joins its two outputs: ``'concat'`` (``[..., 2H]``,
+      the default), ``'sum'``, ``'mean'``, ``'mul'`` (Keras' ``merge_mode``), ``'none'``
+      (a :class:`recurrent.Bidirectional` pair of outputs, for the top layer only) or a
+      function ``merge(forward, backward)`` (Flax's ``merge_fn``).
   """
 
   reverse: bool = False
@@ -96,6 +101,7 @@ class Options:
   deterministic: bool = False
   layout: str = "auto"
   projection_chunk: Any = "auto"
+  merge: Any = "concat"
 
   def __post_init__(self):
     for name in ("reverse", "time_major", "per_gate_masks", "deterministic"):
@@ -108,6 +114,10 @@ class Options:
         check_rate(name, rate)
     if self.layout not in LAYOUTS:
       raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+    if not (callable(self.merge) or (isinstance(self.merge, str) and self.merge in MERGES)):
+      raise ValueError(
+        f"merge must be one of {MERGES} or a function merge(forward, backward), got {self.merge!r}"
+      )
     if not (isinstance(self.projection_chunk, str) and self.projection_chunk == "auto"):
       _check_count("projection_chunk", self.projection_chunk, allow_none=True)
 

@@ -5,6 +5,7 @@ the same program with static rates (for traced rates), and the program before ex
 (for ``jax.export`` with symbolic shapes).
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -216,3 +217,37 @@ def test_stack_refuses_one_layers_params():
 
 def test_carry_dtype_follows_the_params():
   assert cell_lib.carry_dtype(recurrent.gru(H).init(jax.random.key(0), IN)) == jnp.float32
+
+
+class CellsWithAndWithoutJit(chex.TestCase):
+  """Every new cell and regulariser, run by ``recurrent.scan`` with and without ``jit``
+  (chex variants), gives the outputs and gradients of a Python loop over its own
+  ``cell.step`` (for the regularisers: their evaluation step)."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_new_cells_equal_their_step_loop(self):
+    xs, weights = _data()
+    cells = {
+      "layer_norm_lstm": recurrent.layer_norm_lstm(H),
+      "projection_lstm": recurrent.projection_lstm(8, H),
+      "zoneout": recurrent.zoneout(recurrent.lstm(H), h=0.3, c=0.5),
+      "weight_drop": recurrent.weight_drop(recurrent.lstm(H), 0.4),
+      "custom": normalised_input_lstm(H),
+    }
+    for name, cell in cells.items():
+      params = jax.tree.map(lambda p: p + 0.05, cell.init(jax.random.key(0), IN))
+
+      def loss(p, x, run):
+        _, ys = run(p, x)
+        return jnp.sum(ys * weights), ys
+
+      def by_scan(p, x, cell=cell):
+        return recurrent.scan(cell, p, x, deterministic=True)
+
+      def by_loop(p, x, cell=cell):
+        return _python_loop(cell, p, x)
+
+      grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+      got = self.variant(grad, static_argnums=2)(params, xs, by_scan)
+      want = grad(params, xs, by_loop)
+      chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-6, custom_message=name)

@@ -15,6 +15,7 @@ The padded runs take ``seq_lengths`` as a traced argument of ``jax.jit``.
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,6 +180,7 @@ def test_traced_lengths_do_not_retrace():
   compiled function and still match the unpadded runs, for a bidirectional layer."""
 
   @jit
+  @chex.assert_max_traces(n=1)
   def padded(xs, lengths):
     return call("lstm", "bidirectional", xs, lengths)
 
