@@ -92,7 +92,11 @@ def bench(shape, cell_name, repeats: int) -> dict:
     ),
     "gate maths": (
       gate_program(cell),
-      (cell.fast.pointwise_params(params), cell.project(params, xs_tm), cell.initial_carry((batch,))),
+      (
+        cell.fast.pointwise_params(params),
+        cell.project(params, xs_tm),
+        cell.initial_carry((batch,)),
+      ),
     ),
   }
   calls = {k: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for k, (f, a) in programs.items()}

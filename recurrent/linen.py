@@ -389,8 +389,10 @@ class LSTMCell(_Cell):
   With ``dropout``/``recurrent_dropout`` the masks are time-invariant: drawn from the
   ``'dropout'`` rng at a sequence's first step, one per sequence (by its place in the
   batch), and held in the carry, which is then ``((c, h), masks)``. ``deterministic`` (an
-  attribute, as ``nn.RNN`` calls the cell without keywords) turns them off. For masks that
-  do not depend on the batch layout, use :class:`LSTM` with ``example_ids``.
+  attribute, as ``nn.RNN`` calls the cell without keywords) turns them off. ``nn.RNN``
+  hands its cell a ``'dropout'`` rng only when told to:
+  ``nn.RNN(cell, split_rngs={'params': False, 'dropout': True})``. For masks that do not
+  depend on the batch layout, use :class:`LSTM` with ``example_ids``.
 
   Attributes:
     features: H.

@@ -116,7 +116,7 @@ def trace(
     ((5, 8), (5, 8))
   """
   options = _options.make("trace", options, kwargs).one_layer("trace")
-  return run(cell, params, xs, options, initial_carry, seq_lengths, key, trace=True)[1]
+  return run(cell, params, xs, options, initial_carry, seq_lengths, key, keep_gates=True)[1]
 
 
 def _input_masks(cell, options, keys, input_size, dtype, carry_dtype):
@@ -148,12 +148,14 @@ def needs_keys(cell, options) -> bool:
   return options.dropout_on or (cell.draw is not None and not options.deterministic)
 
 
-def run(cell, params, xs, options, initial_carry=None, seq_lengths=None, key=None, trace=False):
+def run(
+  cell, params, xs, options, initial_carry=None, seq_lengths=None, key=None, keep_gates=False
+):
   """The driver behind :func:`scan`, :func:`trace` and :func:`recurrent.stack`.
 
   ``options`` is a checked :class:`recurrent.Options` with one rate of each kind; the
   arguments are checked here, once. Returns ``(final_carry, outputs)``, or
-  ``(final_carry, (carries, gates))`` with ``trace``.
+  ``(final_carry, (carries, gates))`` with ``keep_gates``.
   """
   time_major, reverse, unroll = options.time_major, options.reverse, options.unroll
   batch_shape, num_steps, input_size = _checks.sequence("xs", xs, time_major)
@@ -183,7 +185,7 @@ def run(cell, params, xs, options, initial_carry=None, seq_lengths=None, key=Non
     # Padding never reaches the cell: NaN or inf there would turn into NaN gradients
     # (0 * NaN) even though the held carry hides it from the outputs.
     xs = jnp.where(valid, xs, jnp.zeros_like(xs))
-  fast = None if trace or isinstance(rec_mask, tuple) or noise is not None else cell.fast
+  fast = None if keep_gates or isinstance(rec_mask, tuple) or noise is not None else cell.fast
   remat = options.remat_every
   # The fast path can hand back batch-major outputs itself; the chunks of remat_every are
   # joined along time, so they stay time-major.
@@ -207,7 +209,7 @@ def run(cell, params, xs, options, initial_carry=None, seq_lengths=None, key=Non
         xp_t = _cell.Noisy(xp_t, noise_t)
       new, h, gates = cell.recur(params, carry, xp_t, rec_mask)
       new, (h, gates) = _fused.hold(valid_t, new, carry, (h, gates))
-      return new, ((new, gates) if trace else h)
+      return new, ((new, gates) if keep_gates else h)
 
     return jax.lax.scan(body, carry, (xp, valid, noise), reverse=reverse, unroll=unroll)
 

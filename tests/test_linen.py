@@ -240,7 +240,8 @@ def test_cells_in_flax_rnn_match_layers(name, eager):
   layer = layer_cls(H, return_carry=True)
   (carry,), ys = layer.apply({"params": rnn.from_core([core])}, xs, seq_lengths=lengths)
   np.testing.assert_allclose(ys[valid], flax_ys[valid], rtol=TOL, atol=TOL)
-  assert_trees_close(carry, flax_carry)
+  # Flax's carry convention: (c, h) for the LSTM, h for the GRU
+  assert_trees_close(carry, core_carry(name, flax_carry))
 
   flax_bi = nn.Bidirectional(nn.RNN(cell_cls(H)), nn.RNN(cell_cls(H)), return_carry=True)
   variables = flax_bi.init(jax.random.key(1), xs)
@@ -252,7 +253,14 @@ def test_cells_in_flax_rnn_match_layers(name, eager):
   layer = layer_cls(H, bidirectional=True, return_carry=True)
   (carry,), ys = layer.apply({"params": rnn.from_core([core])}, xs, seq_lengths=lengths)
   np.testing.assert_allclose(ys[valid], flax_ys[valid], rtol=TOL, atol=TOL)
-  assert_trees_close(carry, recurrent.Bidirectional(flax_fwd, flax_bwd))
+  assert_trees_close(
+    carry, recurrent.Bidirectional(core_carry(name, flax_fwd), core_carry(name, flax_bwd))
+  )
+
+
+def core_carry(name, carry):
+  """Flax's carry -> the core's: (c, h) -> LSTMState(h, c), h -> GRUState(h)."""
+  return recurrent.LSTMState(carry[1], carry[0]) if name == "lstm" else recurrent.GRUState(carry)
 
 
 def test_from_flax_optimized_lstm_cell(eager):
@@ -269,10 +277,8 @@ def test_from_flax_optimized_lstm_cell(eager):
 
   c, h = normal((B, H), 1), normal((B, H), 2)
   (flax_c, flax_h), flax_y = flax_cell.apply(cell_vars, (c, h), xs[:, 0])
-  carry, y = rnn.LSTMCell(H).apply(
-    {"params": rnn.from_core(core)}, recurrent.LSTMState(h, c), xs[:, 0]
-  )
-  assert_trees_close((y, carry.h, carry.c), (flax_y, flax_h, flax_c))
+  (new_c, new_h), y = rnn.LSTMCell(H).apply({"params": rnn.from_core(core)}, (c, h), xs[:, 0])
+  assert_trees_close((y, new_h, new_c), (flax_y, flax_h, flax_c))
 
   flax_ys = flax_rnn.apply({"params": {"cell": cell_vars["params"]}}, xs)
   ys = rnn.LSTM(H).apply({"params": rnn.from_core([core])}, xs)

@@ -209,8 +209,8 @@ def test_from_flax_and_load_core_round_trip(eager):
   (flax_c, flax_h), flax_y = flax_cell.apply(variables, (c, h), x)
   cell = rnnx.LSTMCell(IN, H, rngs=nnx.Rngs(0))
   rnnx.load_core(cell, convert.from_flax(variables))
-  carry, y = cell(recurrent.LSTMState(h, c), x)
-  assert_trees_close((y, carry.h, carry.c), (flax_y, flax_h, flax_c))
+  (new_c, new_h), y = cell((c, h), x)
+  assert_trees_close((y, new_h, new_c), (flax_y, flax_h, flax_c))
 
   core = recurrent.init_layers(recurrent.gru(H), jax.random.key(3), IN, 2, bidirectional=True)
   model = rnnx.GRU(IN, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
