@@ -120,6 +120,16 @@ class Noisy(NamedTuple):
   noise: Any
 
 
+def step_of(project, recur):
+  """``step(params, carry, x) -> (carry, h)``: ``recur`` after ``project``, one step."""
+
+  def step(params, carry, x):
+    carry, h, _ = recur(params, carry, project(params, x))
+    return carry, h
+
+  return step
+
+
 def carry_dtype(params):
   """The dtype of a cell's carry for ``params``: that of the params' first leaf."""
   return jax.tree.leaves(params)[0].dtype

@@ -151,10 +151,6 @@ def gru(
     n = jnp.tanh(_cell.add_bias(x_n, b_in + b_hn) + _cell.dot(r * h_n, w_hn, dtype))
     return output(carry, r, z, n)
 
-  def step(params: GRUParams, carry: GRUState, x):
-    new_carry, h, _ = recur(params, carry, project(params, x))
-    return new_carry, h
-
   fast = None
   if reset_after:  # reset-before multiplies h by r before its matmul: not that shape
     fast = _cell.FastPath(
@@ -168,7 +164,7 @@ def gru(
     initial_carry,
     project,
     recur,
-    step,
+    _cell.step_of(project, recur),
     hs,
     3,
     input_size=lambda params: params.w_ih.shape[0],

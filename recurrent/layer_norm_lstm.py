@@ -164,16 +164,12 @@ def layer_norm_lstm(
     out = h if dtype is None else h.astype(dtype)
     return LSTMState(h, c), out, gates
 
-  def step(params: LayerNormLSTMParams, carry: LSTMState, x):
-    new_carry, h, _ = recur(params, carry, project(params, x))
-    return new_carry, h
-
   return _cell.Cell(
     init,
     initial_carry,
     project,
     recur,
-    step,
+    _cell.step_of(project, recur),
     hs,
     4,
     input_size=lambda params: params.w_ih.shape[0],

@@ -122,10 +122,6 @@ def lstm(
     hh = _cell.masked_gate_dot(carry.h, params.w_hh, mask, 4, dtype)
     return pointwise(params.b, carry, xp, hh)
 
-  def step(params: LSTMParams, carry: LSTMState, x):
-    new_carry, h, _ = recur(params, carry, project(params, x))
-    return new_carry, h
-
   fast = _cell.FastPath(
     pointwise,
     pointwise_params=lambda params: params.b,
@@ -139,7 +135,7 @@ def lstm(
     initial_carry,
     project,
     recur,
-    step,
+    _cell.step_of(project, recur),
     hs,
     4,
     input_size=lambda params: params.w_ih.shape[0],

@@ -107,13 +107,9 @@ def zoneout(cell: _cell.Cell, *, per_step: bool = True, **rates) -> _cell.Cell:
       h = new.h.astype(h.dtype)
     return new, h, gates
 
-  def step(params, carry, x):
-    new, h, _ = recur(params, carry, cell.project(params, x))
-    return new, h
-
   return cell._replace(
     recur=recur,
-    step=step,
+    step=_cell.step_of(cell.project, recur),
     name=f"zoneout({cell.name})",
     fast=None,
     draw=_chain(cell.draw, draw),
