@@ -2,7 +2,7 @@
 
 Pure cells (:func:`lstm`, :func:`gru`, :func:`layer_norm_lstm`, :func:`projection_lstm`)
 and regularisers that wrap any cell (:func:`zoneout`, :func:`weight_drop`), a ``lax.scan``
-driver (:func:`scan`) with one :class:`Options` record, layers (:func:`bidirectional`,
+driver (:func:`scan`) with one :class:`Options` record, layers (:func:`bidirectional_scan`,
 :func:`stack`), time-invariant dropout (:mod:`recurrent.dropout`) and weight converters
 (:mod:`recurrent.convert`). Flax modules over them live in
 :mod:`recurrent.linen` and :mod:`recurrent.nnx`, imported on first use so that
@@ -16,7 +16,7 @@ from recurrent.cell import Cell, FastPath
 from recurrent.dropout import mc_average, sequence_keys
 from recurrent.gru import GRUGates, GRUParams, GRUState, gru
 from recurrent.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
-from recurrent.layers import Bidirectional, bidirectional, init_layers, stack
+from recurrent.layers import Bidirectional, bidirectional, bidirectional_scan, init_layers, stack
 from recurrent.lstm import LSTMGates, LSTMParams, LSTMState, lstm
 from recurrent.options import Options
 from recurrent.projection_lstm import ProjectionLSTMParams, projection_lstm
@@ -48,6 +48,7 @@ __all__ = [
   "Options",
   "ProjectionLSTMParams",
   "bidirectional",
+  "bidirectional_scan",
   "convert",
   "dropout",
   "gru",

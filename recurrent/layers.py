@@ -10,6 +10,7 @@ sequence's key, so every layer and direction draws its own masks.
 """
 
 import dataclasses
+import warnings
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -121,7 +122,7 @@ def _checked_keys(cell, options, key, xs):
   return _checks.keys(key, "key", _checks.sequence("xs", xs, options.time_major)[0])
 
 
-def bidirectional(
+def bidirectional_scan(
   cell,
   params: Bidirectional,
   xs,
@@ -144,8 +145,8 @@ def bidirectional(
     ``merge`` joins them (see :class:`recurrent.Options`).
   """
   if "reverse" in kwargs:
-    raise TypeError("bidirectional() runs both directions; it takes no reverse argument")
-  options = _options.make("bidirectional", options, kwargs).one_layer("bidirectional")
+    raise TypeError("bidirectional_scan() runs both directions; it takes no reverse argument")
+  options = _options.make("bidirectional_scan", options, kwargs).one_layer("bidirectional_scan")
   if not isinstance(params, Bidirectional):
     raise ValueError(
       "params of a bidirectional layer must be a recurrent.Bidirectional(forward,"
@@ -226,3 +227,12 @@ def stack(
     )  # fmt: skip
     finals.append(final)
   return finals, xs
+
+
+def bidirectional(*args, **kwargs):
+  """The former name of :func:`bidirectional_scan`, which it calls after a
+  ``DeprecationWarning``: it shared its name with the ``bidirectional=`` flag."""
+  warnings.warn(
+    "recurrent.bidirectional is now recurrent.bidirectional_scan", DeprecationWarning, stacklevel=2
+  )
+  return bidirectional_scan(*args, **kwargs)

@@ -1,6 +1,6 @@
 """The options of a recurrent run, in one record checked once where it is made.
 
-:func:`recurrent.scan`, :func:`recurrent.stack`, :func:`recurrent.bidirectional` and the
+:func:`recurrent.scan`, :func:`recurrent.stack`, :func:`recurrent.bidirectional_scan` and the
 Flax layers take these fields as keyword arguments, build one :class:`Options` (which
 checks every field) and pass it down unchanged; nothing below checks them again.
 

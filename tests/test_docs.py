@@ -42,7 +42,7 @@ EXPECTED = {
     "recurrent.linen.GRUCell",
   ],
   "api/nnx/index.html": ["recurrent.nnx.RNN", "recurrent.nnx.LSTM", "recurrent.nnx.GRUCell"],
-  "api/layers/index.html": ["recurrent.layers.stack", "recurrent.layers.bidirectional"],
+  "api/layers/index.html": ["recurrent.layers.stack", "recurrent.layers.bidirectional_scan"],
   "api/dropout/index.html": ["recurrent.dropout.sequence_keys", "recurrent.dropout.mc_average"],
   "api/convert/index.html": ["recurrent.convert.from_torch", "recurrent.convert.to_flax"],
   "api/train/loop/index.html": ["recurrent.train.loop.train_and_evaluate"],

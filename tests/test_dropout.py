@@ -386,7 +386,7 @@ def _drivers():
   fns = {
     "scan": lambda xs, **kw: recurrent.scan(lstm, p, xs, **kw),
     # GRU with one mask per gate, so both cells and both mask kinds are covered.
-    "bidirectional": lambda xs, **kw: recurrent.bidirectional(
+    "bidirectional": lambda xs, **kw: recurrent.bidirectional_scan(
       gru, p_bi, xs, per_gate_masks=True, **kw
     ),
     "stack": lambda xs, **kw: recurrent.stack(lstm, p_stack, xs, **kw),
@@ -605,9 +605,9 @@ def test_bidirectional_directions_draw_different_masks():
   @jit
   def run(keys):
     return [
-      recurrent.bidirectional(cell, pair, xs)[1],
-      recurrent.bidirectional(cell, pair, xs, key=keys, dropout=0.5)[1],
-      recurrent.bidirectional(cell, pair, xs, key=keys, recurrent_dropout=0.5)[1],
+      recurrent.bidirectional_scan(cell, pair, xs)[1],
+      recurrent.bidirectional_scan(cell, pair, xs, key=keys, dropout=0.5)[1],
+      recurrent.bidirectional_scan(cell, pair, xs, key=keys, recurrent_dropout=0.5)[1],
     ]
 
   plain, *dropped = run(_sequence_keys(4))

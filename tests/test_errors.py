@@ -109,7 +109,7 @@ def test_xs_wrong_feature_size(cell, params, time_major):
 @pytest.mark.parametrize(
   "run",
   [
-    lambda xs: recurrent.bidirectional(LSTM, P_BI, xs),
+    lambda xs: recurrent.bidirectional_scan(LSTM, P_BI, xs),
     lambda xs: recurrent.stack(LSTM, P_STACK_BI, xs),
     lambda xs: recurrent.trace(LSTM, P_LSTM, xs),
   ],
@@ -214,10 +214,12 @@ def test_initial_carry_integer():
   ids=["cell_carry", "plain_tuple"],
 )
 def test_bidirectional_initial_carry_not_a_pair(carry):
-  """bidirectional() needs Bidirectional(forward, backward) carries; anything else is a
+  """bidirectional_scan() needs Bidirectional(forward, backward) carries; anything else is a
   ValueError or TypeError naming initial_carry (not an AttributeError on ``.forward``)."""
   check_raises(
-    lambda xs, initial_carry: recurrent.bidirectional(LSTM, P_BI, xs, initial_carry=initial_carry),
+    lambda xs, initial_carry: recurrent.bidirectional_scan(
+      LSTM, P_BI, xs, initial_carry=initial_carry
+    ),
     {"xs": XS, "initial_carry": carry},
     (ValueError, TypeError),
     r"initial_carry",
@@ -298,7 +300,7 @@ def test_seq_lengths_list_out_of_range():
 BAD_RATES = [-0.1, 1.0, 1.5]
 DRIVERS = {
   "scan": lambda xs, **kw: recurrent.scan(LSTM, P_LSTM, xs, **kw),
-  "bidirectional": lambda xs, **kw: recurrent.bidirectional(LSTM, P_BI, xs, **kw),
+  "bidirectional": lambda xs, **kw: recurrent.bidirectional_scan(LSTM, P_BI, xs, **kw),
   "stack": lambda xs, **kw: recurrent.stack(LSTM, P_STACK_BI, xs, **kw),
 }
 
@@ -492,13 +494,13 @@ def test_deterministic_traced(driver):
 
 
 def test_bidirectional_reverse():
-  """bidirectional() runs both directions: reverse= is a TypeError saying so."""
+  """bidirectional_scan() runs both directions: reverse= is a TypeError saying so."""
   for reverse in (True, False):
     check_raises(
-      lambda xs, reverse=reverse: recurrent.bidirectional(LSTM, P_BI, xs, reverse=reverse),
+      lambda xs, reverse=reverse: recurrent.bidirectional_scan(LSTM, P_BI, xs, reverse=reverse),
       {"xs": XS},
       TypeError,
-      r"^bidirectional\(\) runs both directions; it takes no reverse argument$",
+      r"^bidirectional_scan\(\) runs both directions; it takes no reverse argument$",
     )
 
 
@@ -574,7 +576,7 @@ def test_valid_calls_pass():
     recurrent.scan(
       LSTM, P_LSTM, xs, seq_lengths=lengths, initial_carry=carry, dropout=0.1, key=keys
     )
-    recurrent.bidirectional(
+    recurrent.bidirectional_scan(
       LSTM,
       P_BI,
       xs,

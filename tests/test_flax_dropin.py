@@ -286,7 +286,7 @@ def test_bidirectional_merge_modes(merge):
   first, top = layers
   _, f = recurrent.scan(cell, first.forward, xs, seq_lengths=lengths)
   _, b = recurrent.scan(cell, first.backward, xs, seq_lengths=lengths, reverse=True)
-  _, got = recurrent.bidirectional(cell, first, xs, seq_lengths=lengths, merge=fn)
+  _, got = recurrent.bidirectional_scan(cell, first, xs, seq_lengths=lengths, merge=fn)
   _close(got, want_fn(f, b))
   if merge == "none":
     with pytest.raises(ValueError, match=r"^merge='none' returns a pair of outputs"):

@@ -145,7 +145,7 @@ def test_bidirectional_matches_flax(cell_name):
   }
   (flax_fwd, flax_bwd), flax_ys = flax_bi.apply(variables, xs, seq_lengths=seq_lengths)
   params = recurrent.Bidirectional(convert.from_flax(forward), convert.from_flax(backward))
-  finals, ys = recurrent.bidirectional(cell, params, xs, seq_lengths=seq_lengths)
+  finals, ys = recurrent.bidirectional_scan(cell, params, xs, seq_lengths=seq_lengths)
   assert ys.shape == flax_ys.shape == (B, T, 2 * H)
   assert_valid_steps_close(ys, flax_ys, LENGTHS)
   assert_carry_equal_flax(finals.forward, flax_fwd, "forward carry")

@@ -251,3 +251,14 @@ class CellsWithAndWithoutJit(chex.TestCase):
       got = self.variant(grad, static_argnums=2)(params, xs, by_scan)
       want = grad(params, xs, by_loop)
       chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-6, custom_message=name)
+
+
+def test_bidirectional_is_the_former_name_of_bidirectional_scan():
+  """``recurrent.bidirectional`` (which shared its name with the ``bidirectional=`` flag)
+  still runs, as ``bidirectional_scan``, after a DeprecationWarning."""
+  cell = recurrent.gru(H)
+  pair = recurrent.init_layers(cell, jax.random.key(0), IN, bidirectional=True)[0]
+  xs, _ = _data()
+  with pytest.warns(DeprecationWarning, match="recurrent.bidirectional_scan"):
+    old = recurrent.bidirectional(cell, pair, xs)
+  chex.assert_trees_all_equal(old, recurrent.bidirectional_scan(cell, pair, xs))

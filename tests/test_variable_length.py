@@ -91,7 +91,7 @@ def call(name, driver, xs, lengths=None, keys=None, **kw):
   if driver in ("forward", "reverse"):
     return recurrent.scan(cell, params, xs, seq_lengths=lengths, reverse=driver == "reverse", **kw)
   if driver == "bidirectional":
-    return recurrent.bidirectional(cell, params, xs, seq_lengths=lengths, **kw)
+    return recurrent.bidirectional_scan(cell, params, xs, seq_lengths=lengths, **kw)
   return recurrent.stack(cell, params, xs, seq_lengths=lengths, **kw)
 
 
