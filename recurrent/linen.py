@@ -1,12 +1,13 @@
-"""Flax linen modules over the pure core: ``LSTM``/``GRU`` layers and ``LSTMCell``/``GRUCell``.
+"""Flax linen modules over the pure core: ``RNN`` (any cell), ``LSTM``/``GRU`` layers and
+``LSTMCell``/``GRUCell`` for Flax's own ``nn.RNN``.
 
 Shape legend: B batch (any leading dims), T time, I input size, H hidden size,
 D directions (1, or 2 when bidirectional), L layers.
 
 The modules only create params (with the core cell's own ``init``), take the ``'dropout'``
-rng and call :func:`recurrent.stack` / :func:`recurrent.scan` / ``cell.step``; the math is
-the core's. A layer's params map one-to-one onto the core's (:func:`to_core`,
-:func:`from_core`)::
+rng and call :func:`recurrent.stack` or the cell's step, through the wrapper core that
+:mod:`recurrent.nnx` shares; the math is the core's. A layer's params map one-to-one onto
+the core's (:func:`to_core`, :func:`from_core`)::
 
     {'layer_0': {'w_ih': [I, G*H], 'w_hh': [H, G*H], 'b': [G*H]}, 'layer_1': ...}  # LSTM
     {'layer_0': {'w_ih', 'w_hh', 'b_ih', 'b_hh'}}                                     # GRU

@@ -1,13 +1,14 @@
-"""Flax NNX modules over the pure core: ``LSTM``/``GRU`` layers and ``LSTMCell``/``GRUCell``.
+"""Flax NNX modules over the pure core: ``RNN`` (any cell), ``LSTM``/``GRU`` layers and
+``LSTMCell``/``GRUCell`` for ``nnx.RNN``.
 
 Shape legend: B batch (any leading dims), T time, I input size, H hidden size,
 D directions (1, or 2 when bidirectional), L layers.
 
 The NNX twins of :mod:`recurrent.linen`: the weights are ``nnx.Param`` leaves holding the
-core's params, drawn by the core's own ``init``; the call runs :func:`recurrent.stack` /
-:func:`recurrent.scan` / ``cell.step``. The param state has the layout of the linen
-modules (``nnx.state(model, nnx.Param)`` is ``{'layer_0': {'w_ih': ..., ...}, ...}``),
-so :func:`to_core`, :func:`from_core` and :func:`load_core` map it onto the core's params.
+core's params, drawn by the core's own ``init``; the call runs :func:`recurrent.stack` or
+the cell's step, through the wrapper core :mod:`recurrent.linen` shares. The param state
+has the layout of the linen modules (``nnx.state(model, nnx.Param)`` is
+``{'layer_0': {'w_ih': ..., ...}, ...}``), so :func:`to_core`, :func:`from_core` and :func:`load_core` map it onto the core's params.
 Dropout draws its key from the ``'dropout'`` stream of the ``rngs`` given to the
 constructor, as ``nnx.Dropout`` does; ``model.eval()`` / ``model.train()`` set the
 ``deterministic`` attribute.
