@@ -9,9 +9,9 @@ core's params, drawn by the core's own ``init``; the call runs :func:`recurrent.
 the cell's step, through the wrapper core :mod:`recurrent.linen` shares. The param state
 has the layout of the linen modules (``nnx.state(model, nnx.Param)`` is
 ``{'layer_0': {'w_ih': ..., ...}, ...}``), so :func:`to_core`, :func:`from_core` and
-:func:`load_core` map it onto the core's params. Dropout draws its key from the ``'dropout'`` stream of the ``rngs`` given to the
-constructor, as ``nnx.Dropout`` does; ``model.eval()`` / ``model.train()`` set the
-``deterministic`` attribute.
+:func:`load_core` map it onto the core's params. Dropout draws its key from the
+``'dropout'`` stream of the ``rngs`` given to the constructor, as ``nnx.Dropout`` does;
+``model.eval()`` / ``model.train()`` set the ``deterministic`` attribute.
 
 Example, one training step:
 
