@@ -277,17 +277,22 @@ def empty_masks(batch_shape, input_size: int, hidden_size: int, dtype) -> CellMa
 
 def hold_masks(masks: CellMasks, rng, dropout, recurrent_dropout) -> CellMasks:
   """The masks of this step: those in the carry once drawn, else new ones, one per sequence
-  from ``sequence_keys(rng, arange(B))`` (``fold_in`` streams 0 and 1, as the layers)."""
+  from ``sequence_keys(rng, arange(B))`` (``fold_in`` streams 0 and 1, as the layers). Once
+  every sequence has its masks (after the first step) nothing is drawn."""
   batch_shape = masks.drawn.shape[:-1]
-  keys = _dropout.sequence_keys(rng, int(np.prod(batch_shape))).reshape(batch_shape)
-  drawn = masks.drawn != 0
-  new = []
-  for stream, (held, rate) in enumerate(
-    ((masks.inputs, dropout), (masks.hidden, recurrent_dropout))
-  ):
-    (fresh,) = _dropout.masks(_dropout.derive(keys, stream), held.shape[-1], rate, 1, held.dtype)
-    new.append(jnp.where(drawn, held, fresh))
-  return CellMasks(*new, jnp.ones_like(masks.drawn))
+
+  def draw(masks):
+    keys = _dropout.sequence_keys(rng, int(np.prod(batch_shape))).reshape(batch_shape)
+    drawn = masks.drawn != 0
+    new = []
+    for stream, (held, rate) in enumerate(
+      ((masks.inputs, dropout), (masks.hidden, recurrent_dropout))
+    ):
+      (fresh,) = _dropout.masks(_dropout.derive(keys, stream), held.shape[-1], rate, 1, held.dtype)
+      new.append(jnp.where(drawn, held, fresh))
+    return CellMasks(*new, jnp.ones_like(masks.drawn))
+
+  return jax.lax.cond(jnp.all(masks.drawn != 0), lambda m: m, draw, masks)
 
 
 def cell_step(owner: str, cell, params, carry, inputs, masks):
