@@ -13,6 +13,7 @@ TASKS = ("adding", "copy", "ptb", "chars")
 CELLS = ("lstm", "gru")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DROPOUT_KINDS = ("variational", "naive")
+WEIGHT_DECAY_KINDS = ("l2", "shrink")
 LR_SCHEDULES = ("constant", "step", "cosine")
 
 
@@ -43,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.recurrent_dropout = 0.0  # on h_{t-1}; variational only
   c.output_dropout = 0.0  # on the top layer's outputs, before the read-out
   c.embed_dropout = 0.0  # drops whole word types per sequence (Gal & Ghahramani 2016)
+  c.untied_masks = False  # variational: each gate its own masks on x and h ("untied")
 
   # Optimisation.
   c.optimizer = "adam"  # one of OPTIMIZERS
@@ -51,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_decay = 0.5  # "step": lr * lr_decay ** max(epoch + 1 - decay_epoch, 0) (Zaremba)
   c.decay_epoch = 1  # "step": epochs at the full rate
   c.weight_decay = 0.0
+  # "l2": wd * params joins the gradient (scaled by the lr; adamw: decoupled, its own);
+  # "shrink": params *= 1 - wd after every step, as Gal & Ghahramani's code does.
+  c.weight_decay_kind = "l2"
   c.max_grad_norm = 0.0  # > 0: clip gradients by global norm
   # Language models: differentiate the per-step losses summed over the window (and averaged
   # over the batch), as Zaremba et al. and Gal & Ghahramani do; their lr and clipping norm
@@ -64,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluation, logging, checkpoints.
   c.eval_every = 200  # steps
   c.eval_examples = 1024  # synthetic tasks: held-out examples
-  c.mc_samples = 0  # > 0: also evaluate with MC dropout over this many samples
+  c.mc_samples = 0  # > 0: the final evaluations also with MC dropout over this many samples
+  c.mc_chunk = 10  # MC samples run at once (memory grows with it)
   c.log_every = 50  # steps between metric lines
   c.checkpoint_every = 500  # steps
   c.keep_checkpoints = 3
@@ -85,6 +91,7 @@ _POSITIVE = (
   "log_every",
   "checkpoint_every",
   "keep_checkpoints",
+  "mc_chunk",
   "decay_epoch",
 )
 _NON_NEGATIVE = (
@@ -104,6 +111,7 @@ _CHOICES = {
   "cell": CELLS,
   "optimizer": OPTIMIZERS,
   "dropout_kind": DROPOUT_KINDS,
+  "weight_decay_kind": WEIGHT_DECAY_KINDS,
   "lr_schedule": LR_SCHEDULES,
 }
 
@@ -176,6 +184,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     raise ValueError(
       "config.recurrent_dropout must be 0 with dropout_kind='naive' (a new mask per step"
       f" on h_t is what Gal & Ghahramani show fails), got {config.recurrent_dropout}"
+    )
+  if config.untied_masks and config.dropout_kind != "variational":
+    raise ValueError(
+      f"config.untied_masks needs dropout_kind='variational', got {config.dropout_kind!r}"
+    )
+  if config.weight_decay_kind == "shrink" and config.optimizer == "adamw":
+    raise ValueError(
+      "config.weight_decay_kind='shrink' with optimizer='adamw' would decay twice; use"
+      " 'adam' or weight_decay_kind='l2'"
+    )
+  if config.mc_samples and config.task == "adding":
+    raise ValueError(
+      "config.mc_samples averages softmax probabilities; task 'adding' is a regression"
+      f" (got mc_samples={config.mc_samples})"
     )
   if config.loss_sum_over_time and config.task not in ("ptb", "chars"):
     raise ValueError(

@@ -42,12 +42,26 @@ class TrainResult(NamedTuple):
   metrics: dict  # the last evaluation of each split: {'eval': {...}, 'test': {...}, ...}
 
 
+def shrink_params(factor: float) -> optax.GradientTransformation:
+  """Updates that end at ``(params + updates) * factor``: weight decay applied after the
+  optimiser's step and not scaled by the learning rate (Gal & Ghahramani's code)."""
+
+  def update(updates, state, params):
+    if params is None:
+      raise ValueError("shrink_params needs the params: call update(updates, state, params)")
+    return jax.tree.map(lambda u, p: u * factor - (1 - factor) * p, updates, params), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
   """Clipping, optional weight decay and the optimiser of ``config``.
 
   ``lr_schedule='step'`` decays the rate per epoch as Zaremba et al. (2014) do, ``lr *
   lr_decay ** max(epoch + 1 - decay_epoch, 0)`` for the 0-based ``epoch``; ``'cosine'``
-  decays it to 0 over ``total_steps``.
+  decays it to 0 over ``total_steps``. ``weight_decay_kind='shrink'`` multiplies the
+  params by ``1 - weight_decay`` after each step; ``'l2'`` adds ``weight_decay * params``
+  to the gradient (``adamw``: its decoupled decay).
   """
   lr = config.learning_rate
   if config.lr_schedule == "step":
@@ -66,13 +80,16 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.Grad
   if config.optimizer == "adamw":
     parts.append(optax.adamw(lr, weight_decay=config.weight_decay))
   else:
-    if config.weight_decay > 0:
+    l2 = config.weight_decay > 0 and config.weight_decay_kind == "l2"
+    if l2:
       parts.append(optax.add_decayed_weights(config.weight_decay))
     parts.append(optax.sgd(lr) if config.optimizer == "sgd" else optax.adam(lr))
+    if config.weight_decay > 0 and not l2:
+      parts.append(shrink_params(1.0 - config.weight_decay))
   return optax.chain(*parts)
 
 
-def _apply(state, params, batch, carry, key, deterministic):
+def _apply(state, params, batch, carry, key, deterministic, drop_words=True):
   rngs = None if key is None else {"dropout": key}
   return state.apply_fn(
     {"params": params},
@@ -80,6 +97,7 @@ def _apply(state, params, batch, carry, key, deterministic):
     example_ids=batch["example_ids"],
     initial_carry=carry,
     deterministic=deterministic,
+    drop_words=drop_words,
     rngs=rngs,
   )
 
@@ -102,34 +120,36 @@ def make_train_step(task: tasks.Task):
   return train_step
 
 
-def make_eval_step(task: tasks.Task, mc_samples: int = 0):
-  """``eval_step(state, carry, batch, key) -> (loss_sum, count, carry)``.
+def make_eval_step(task: tasks.Task):
+  """``eval_step(state, carry, batch) -> (loss_sum, count, carry)``, dropout off."""
 
-  With ``mc_samples = N > 0`` the outputs are log-probabilities averaged over N dropout
-  samples (MC dropout, Gal & Ghahramani 2016), each sample carrying its own carry
-  ``[N, ...]`` from window to window.
-  """
-
-  def eval_step(state: TrainState, carry, batch: dict, key):
-    total, count, carry = _evaluate(state, carry, batch, key)
+  def eval_step(state: TrainState, carry, batch: dict):
+    outputs, carry = _apply(state, state.params, batch, carry, None, True)
+    total, count = task.loss(outputs, batch)
     return total, count, carry if task.carries else None
 
-  def _evaluate(state, carry, batch, key):
-    if not mc_samples:
-      outputs, carry = _apply(state, state.params, batch, carry, None, True)
-      total, count = task.loss(outputs, batch)
-      return total, count, carry
-
-    def one_sample(k, c):
-      outputs, c = _apply(state, state.params, batch, c, k, False)
-      return jax.nn.log_softmax(outputs), c
-
-    log_probs, carry = jax.vmap(one_sample)(jax.random.split(key, mc_samples), carry)
-    mean_log_probs = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(mc_samples)
-    total, count = task.loss(mean_log_probs, batch)
-    return total, count, carry
-
   return eval_step
+
+
+def make_mc_step(task: tasks.Task):
+  """``mc_step(state, carry, batch, keys) -> (log_prob_sum [B, T], carry)``: MC dropout.
+
+  Runs the model once per key of ``keys [n]`` with dropout on (embedding dropout off, as
+  Gal & Ghahramani's code evaluates), each sample with its own carry ``[n, ...]``, and
+  returns ``log sum_n p_n(target)`` per token: the samples' probabilities summed, so that
+  chunks of samples add up (:func:`mc_evaluate`).
+  """
+
+  def mc_step(state: TrainState, carry, batch: dict, keys):
+    def one_sample(key, c):
+      outputs, c = _apply(state, state.params, batch, c, key, False, drop_words=False)
+      log_probs = jax.nn.log_softmax(outputs)
+      return jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0], c
+
+    log_probs, carry = jax.vmap(one_sample)(keys, carry)
+    return jax.nn.logsumexp(log_probs, axis=0), carry if task.carries else None
+
+  return mc_step
 
 
 class _Sharding(NamedTuple):
@@ -188,13 +208,45 @@ def init_state(config, task: tasks.Task, key, total_steps: int) -> TrainState:
   )
 
 
-def evaluate(state, batches: Iterable[dict], task: tasks.Task, sharding, eval_step, key, carry):
+def evaluate(state, batches: Iterable[dict], task: tasks.Task, sharding, eval_step, carry):
   """Runs ``eval_step`` over ``batches`` in order; returns the task's metrics."""
   total, count = 0.0, 0.0
-  for i, batch in enumerate(batches):
-    t, c, carry = eval_step(state, carry, sharding.put_batch(batch), jax.random.fold_in(key, i))
+  for batch in batches:
+    t, c, carry = eval_step(state, carry, sharding.put_batch(batch))
     total, count = total + float(t), count + float(c)
   return task.metrics(total / count)
+
+
+def mc_evaluate(state, batches, task, sharding, mc_step, key, carry, num_samples, chunk, bar):
+  """MC dropout over ``batches()``: the target's probability averaged over ``num_samples``
+  passes (Gal & Ghahramani 2016), ``chunk`` passes at a time; returns the task's metrics.
+
+  Sample ``s`` takes the key ``fold_in(key, s)`` for every batch of its pass, and the
+  rows of a language model's batches keep their stream index as example id, so each
+  sample's masks are fixed for the whole pass. ``carry`` is one sample's zero carry (None
+  for tasks without one); ``bar`` a progress bar advanced once per batch and chunk.
+  """
+  sums, weights = None, []
+  for first in range(0, num_samples, chunk):
+    n = min(chunk, num_samples - first)
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(first, first + n))
+    c = None
+    if carry is not None:
+      c = jax.tree.map(lambda x, n=n: jnp.broadcast_to(x, (n, *x.shape)), carry)
+      c = jax.device_put(c, NamedSharding(sharding.mesh, PartitionSpec(None, "data")))
+    chunk_sums = []
+    for batch in batches():
+      if task.carries:
+        batch = dict(batch, example_ids=np.arange(len(batch["example_ids"]), dtype=np.int32))
+      if first == 0:
+        weights.append(np.asarray(batch.get("weights", np.ones(batch["targets"].shape))))
+      log_sum, c = mc_step(state, c, sharding.put_batch(batch), keys)
+      chunk_sums.append(np.asarray(log_sum, np.float64))
+      bar.update(1)
+    sums = chunk_sums if sums is None else [np.logaddexp(a, b) for a, b in zip(sums, chunk_sums)]
+  log_mean = np.concatenate([s.ravel() for s in sums]) - np.log(num_samples)
+  w = np.concatenate([x.ravel() for x in weights])
+  return task.metrics(float(-(log_mean * w).sum() / w.sum()))
 
 
 def _checkpointable(state: TrainState) -> dict:
@@ -276,36 +328,43 @@ def train_and_evaluate(
     donate_argnums=0,
   )
   # The eval carry keeps one sharding from window to window, so each eval step compiles once.
-  carry_shardings = {
-    "": sharding.batch,
-    "_mc": NamedSharding(sharding.mesh, PartitionSpec(None, "data")),
-  }
-  eval_steps = {
-    suffix: jax.jit(
-      make_eval_step(task, mc_samples),
-      in_shardings=(shardings, carry_shardings[suffix], sharding.batch, sharding.replicated),
-      out_shardings=(sharding.replicated, sharding.replicated, carry_shardings[suffix]),
-    )
-    for suffix, mc_samples in (("", 0), ("_mc", config.mc_samples))
-    if not suffix or mc_samples
-  }
+  mc_carry = NamedSharding(sharding.mesh, PartitionSpec(None, "data"))
+  eval_step = jax.jit(
+    make_eval_step(task),
+    in_shardings=(shardings, sharding.batch, sharding.batch),
+    out_shardings=(sharding.replicated, sharding.replicated, sharding.batch),
+  )
+  mc_step = jax.jit(
+    make_mc_step(task),
+    in_shardings=(shardings, mc_carry, sharding.batch, sharding.replicated),
+    out_shardings=(sharding.batch, mc_carry),
+  )
+
+  def zero_carry():
+    if not task.carries:
+      return None
+    return jax.device_put(_zeros_like(state.carry), sharding.batch)
+
+  def log_evaluation(step: int, name: str, metrics: dict) -> dict:
+    record = {"step": step, "split": name, **metrics}
+    log.write(record)
+    bar.write(_log_line(record))
+    return {name: metrics}
 
   def run_evaluation(step: int, batches: Callable, name: str) -> dict:
-    """Evaluates on ``batches()`` (dropout off, and MC dropout if asked); logs each."""
-    results = {}
-    for suffix, eval_step in eval_steps.items():
-      carry = None
-      if task.carries:
-        carry = _zeros_like(state.carry)
-        if suffix:
-          carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.mc_samples, *x.shape)), carry)
-        carry = jax.device_put(carry, carry_shardings[suffix])
-      metrics = evaluate(state, batches(), task, sharding, eval_step, eval_key, carry)
-      record = {"step": step, "split": name + suffix, **metrics}
-      log.write(record)
-      results[name + suffix] = metrics
-      bar.write(_log_line(record))
-    return results
+    """Evaluates on ``batches()`` with dropout off; logs it."""
+    metrics = evaluate(state, batches(), task, sharding, eval_step, zero_carry())
+    return log_evaluation(step, name, metrics)
+
+  def run_mc_evaluation(step: int, batches: Callable, name: str) -> dict:
+    """MC dropout on ``batches()`` over ``config.mc_samples`` passes; logs it."""
+    n, chunk = config.mc_samples, min(config.mc_chunk, config.mc_samples)
+    count = sum(1 for _ in batches()) * -(-n // chunk)
+    with tqdm(total=count, desc=f"MC {name}", disable=not config.progress, leave=False) as mc_bar:
+      metrics = mc_evaluate(
+        state, batches, task, sharding, mc_step, eval_key, zero_carry(), n, chunk, mc_bar
+      )
+    return log_evaluation(step, name + "_mc", {**metrics, "samples": n})
 
   bar = tqdm(
     total=total_steps, initial=start, disable=not config.progress, unit="step", dynamic_ncols=True
@@ -346,8 +405,11 @@ def train_and_evaluate(
     for r in records.MetricsLog.read(log.path)
     if r["step"] == total_steps and r["split"] != "train"
   }
-  if task.test_batches is not None and "test" not in final:
-    final.update(run_evaluation(total_steps, task.test_batches, "test"))
+  for name, batches in (("eval", task.eval_batches), ("test", task.test_batches)):
+    if batches is not None and name not in final:
+      final.update(run_evaluation(total_steps, batches, name))
+    if batches is not None and config.mc_samples and name + "_mc" not in final:
+      final.update(run_mc_evaluation(total_steps, batches, name))
   records.plot(
     records.MetricsLog.read(workdir / "metrics.jsonl"), workdir / "curves.png", task.metric
   )

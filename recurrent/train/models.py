@@ -9,6 +9,12 @@ embedding (``embed_dropout``), each layer's input (``dropout``), ``h_{t-1}``
 ``dropout_kind='variational'`` every mask is drawn once per sequence from that sequence's
 key, ``fold_in(rng, example_id)``; with ``'naive'`` the non-recurrent masks are drawn
 anew at every step as in Zaremba et al. (2014), and there is no recurrent dropout.
+
+``untied_masks`` gives each gate its own masks on a layer's input and on ``h_{t-1}``
+(Gal & Ghahramani's "untied weights" variant, :class:`recurrent.Options`'
+``per_gate_masks``); otherwise one mask on each is shared by the gates. The training loop
+gives every step (one BPTT window) its own rng and every row its own example id, so masks
+are drawn per (sequence, window), as in Gal & Ghahramani's code.
 """
 
 from typing import Any
@@ -40,8 +46,8 @@ class SequenceModel(nn.Module):
     hidden_size, num_layers, cell: the recurrent stack (``cell`` is "lstm" or "gru").
     readout: "all" gives outputs at every step ``[B, T, O]``; "last" at the last step
       ``[B, O]``.
-    dropout_kind, dropout, recurrent_dropout, output_dropout, embed_dropout: see the
-      module docstring.
+    dropout_kind, dropout, recurrent_dropout, output_dropout, embed_dropout,
+      untied_masks: see the module docstring.
     init_scale: > 0 draws every weight from ``U[-init_scale, init_scale]``.
     forget_bias: LSTM forget-gate bias.
   """
@@ -58,6 +64,7 @@ class SequenceModel(nn.Module):
   recurrent_dropout: float = 0.0
   output_dropout: float = 0.0
   embed_dropout: float = 0.0
+  untied_masks: bool = False
   init_scale: float = 0.0
   forget_bias: float = 1.0
 
@@ -89,6 +96,7 @@ class SequenceModel(nn.Module):
     example_ids,
     initial_carry: list | None = None,
     deterministic: bool = True,
+    drop_words: bool = True,
   ) -> tuple[Any, list]:
     """Runs the model.
 
@@ -97,6 +105,8 @@ class SequenceModel(nn.Module):
       example_ids: int ``[B]`` global example indices, the source of dropout keys.
       initial_carry: None (zeros) or a list of per-layer carries, as returned.
       deterministic: True turns all dropout off.
+      drop_words: False turns the embedding dropout off while the other dropout stays on
+        (MC evaluation, as Gal & Ghahramani's code does at test time).
 
     Returns:
       ``(outputs, carries)``: ``[B, T, O]`` (or ``[B, O]`` for ``readout='last'``) and
@@ -115,18 +125,22 @@ class SequenceModel(nn.Module):
       xs = nn.Embed(
         self.vocab_size, self.embed_size or self.hidden_size, embedding_init=embed_init
       )(inputs)
-      xs = self._drop_words(inputs, xs, example_ids, deterministic)
+      xs = self._drop_words(inputs, xs, example_ids, deterministic or not drop_words)
     else:
       xs = inputs
     layer_cls = _linen.LSTM if self.cell == "lstm" else _linen.GRU
     if self.cell == "lstm":
       weight_init["forget_bias"] = self.forget_bias
     carries = []
+    untied = self.untied_masks and self.dropout_kind == "variational"
     for layer in range(self.num_layers):
-      xs = self._drop(xs, self.dropout, example_ids, deterministic)
+      if not untied:  # one mask on the layer's input, shared by the gates
+        xs = self._drop(xs, self.dropout, example_ids, deterministic)
       rnn = layer_cls(
         hidden_size=self.hidden_size,
+        dropout=self.dropout if untied else 0.0,
         recurrent_dropout=self.recurrent_dropout,
+        per_gate_masks=untied,
         return_carry=True,
         name=f"rnn_{layer}",
         **weight_init,

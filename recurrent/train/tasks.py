@@ -65,6 +65,7 @@ def _model(config, num_outputs: int, vocab_size: int = 0, readout: str = "all"):
     recurrent_dropout=config.recurrent_dropout,
     output_dropout=config.output_dropout,
     embed_dropout=config.embed_dropout,
+    untied_masks=config.untied_masks,
     init_scale=config.init_scale,
     forget_bias=config.forget_bias,
   )
