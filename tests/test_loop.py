@@ -175,66 +175,80 @@ def lm_task(**overrides):
 
 
 def mc_reference(task, state, batches, key, samples):
-  """Mean softmax probability over ``samples`` dropout draws; -log of the target's, summed."""
+  """Gal & Ghahramani's MC test: per token, the softmax probability of the target averaged
+  over ``samples`` passes, each pass with its own key for all its windows (masks fixed
+  for the pass, row b's example id b) and its own carry, and no embedding dropout.
+
+  Returns the mean of -log(mean probability), and of -mean(log probability) (the
+  geometric mean, which is *not* the recipe)."""
   apply = jax.jit(
     lambda batch, carry, key: task.model.apply(
       {"params": state.params},
       batch["inputs"],
-      example_ids=batch["example_ids"],
+      example_ids=jnp.arange(batch["inputs"].shape[0]),
       initial_carry=carry,
       deterministic=False,
+      drop_words=False,
       rngs={"dropout": key},
     )
   )
-  carries = [jax.tree.map(jnp.zeros_like, state.carry) for _ in range(samples)]
-  totals = []
-  for i, batch in enumerate(batches):
-    keys = jax.random.split(jax.random.fold_in(key, i), samples)
-    probs = []
-    for s in range(samples):
-      logits, carries[s] = apply(batch, carries[s], keys[s])
-      probs.append(np.asarray(jax.nn.softmax(logits), np.float64))
-    mean = np.mean(probs, axis=0)  # [B, T, V]
-    target_probs = np.take_along_axis(mean, batch["targets"][..., None], axis=-1)
-    totals.append(-np.log(target_probs).sum())
-  return np.array(totals)
+  probs = []  # [samples, tokens]
+  for s in range(samples):
+    carry, pass_probs = jax.tree.map(jnp.zeros_like, state.carry), []
+    for batch in batches:
+      logits, carry = apply(batch, carry, jax.random.fold_in(key, s))
+      p = np.asarray(jax.nn.softmax(logits), np.float64)
+      pass_probs.append(np.take_along_axis(p, batch["targets"][..., None], axis=-1).ravel())
+    probs.append(np.concatenate(pass_probs))
+  probs = np.array(probs)
+  return -np.log(probs.mean(axis=0)).mean(), -np.log(probs).mean()
 
 
-def run_eval(eval_step, state, batches, key, carry):
-  totals = []
-  for i, batch in enumerate(batches):
-    total, count, carry = eval_step(state, carry, batch, jax.random.fold_in(key, i))
-    assert float(count) == batch["targets"].size
-    totals.append(float(total))
-  return np.array(totals)
+class _Bar:
+  def __init__(self):
+    self.count = 0
+
+  def update(self, n):
+    self.count += n
 
 
-def test_mc_dropout_eval_averages_probabilities_over_samples():
-  samples = 3
+def plain_eval(task, state, batches):
+  sharding = loop._sharding(jax.devices()[:1])
+  zero = jax.tree.map(jnp.zeros_like, state.carry)
+  eval_step = jax.jit(loop.make_eval_step(task))
+  return loop.evaluate(state, batches, task, sharding, eval_step, zero)["loss"]
+
+
+def run_mc(task, state, batches, key, samples, chunk):
+  sharding = loop._sharding(jax.devices()[:1])
+  zero = jax.tree.map(jnp.zeros_like, state.carry)
+  bar, mc_step = _Bar(), jax.jit(loop.make_mc_step(task))
+  metrics = loop.mc_evaluate(
+    state, lambda: iter(batches), task, sharding, mc_step, key, zero, samples, chunk, bar
+  )
+  assert bar.count == len(batches) * -(-samples // chunk)
+  return metrics["loss"]
+
+
+@pytest.mark.parametrize("chunk", [5, 2])
+def test_mc_dropout_eval_averages_probabilities_over_samples(chunk):
+  samples = 5
   task, state = lm_task(dropout=0.3, recurrent_dropout=0.3, output_dropout=0.3, embed_dropout=0.2)
-  batches = list(task.eval_batches())[:2]  # the carry flows from window 0 to window 1
+  batches = list(task.eval_batches())[:3]  # the carry flows from window to window
   key = jax.random.key(7)
-  carry = jax.tree.map(lambda x: jnp.zeros((samples, *x.shape), x.dtype), state.carry)
-  eval_step = jax.jit(loop.make_eval_step(task, mc_samples=samples))
-  got = run_eval(eval_step, state, batches, key, carry)
-  expected = mc_reference(task, state, batches, key, samples)
-  np.testing.assert_allclose(got, expected, rtol=2e-5)
-  plain = run_eval(jax.jit(loop.make_eval_step(task)), state, batches, key, state.carry)
-  assert np.all(np.abs(got - plain) > 1e-3 * np.abs(plain))  # dropout was on
+  got = run_mc(task, state, batches, key, samples, chunk)
+  arithmetic, geometric = mc_reference(task, state, batches, key, samples)
+  assert got == pytest.approx(arithmetic, rel=1e-5)
+  assert abs(got - geometric) > 1e-3 * abs(got)  # averaging log-probabilities differs
+  plain = plain_eval(task, state, batches)
+  assert abs(got - plain) > 1e-3 * abs(plain)  # dropout was on
 
 
 def test_mc_dropout_without_dropout_is_the_deterministic_eval():
-  samples = 2
   task, state = lm_task(dropout=0.0, recurrent_dropout=0.0)
   batches = list(task.eval_batches())[:2]
-  carry = jax.tree.map(lambda x: jnp.zeros((samples, *x.shape), x.dtype), state.carry)
-  mc = run_eval(
-    jax.jit(loop.make_eval_step(task, samples)), state, batches, jax.random.key(1), carry
-  )
-  plain = run_eval(
-    jax.jit(loop.make_eval_step(task)), state, batches, jax.random.key(1), state.carry
-  )
-  np.testing.assert_allclose(mc, plain, rtol=1e-5)
+  mc = run_mc(task, state, batches, jax.random.key(1), samples=3, chunk=2)
+  assert mc == pytest.approx(plain_eval(task, state, batches), rel=1e-5)
 
 
 def test_loss_sum_over_time_moves_sgd_seq_len_times_as_far():
@@ -329,6 +343,7 @@ class _Counting:
     self.jitted = collections.defaultdict(list)
     real_jit = jax.jit
     make_train_step, make_eval_step = loop.make_train_step, loop.make_eval_step
+    make_mc_step = loop.make_mc_step
 
     def counted(name, fn):
       def step(*args):
@@ -350,8 +365,9 @@ class _Counting:
     monkeypatch.setattr(
       loop,
       "make_eval_step",
-      lambda task, mc=0: counted(f"eval{mc or ''}", make_eval_step(task, mc)),
+      lambda task: counted("eval", make_eval_step(task)),
     )
+    monkeypatch.setattr(loop, "make_mc_step", lambda task: counted("mc", make_mc_step(task)))
     monkeypatch.setattr(jax, "jit", jit)
 
   def reset(self):
@@ -398,8 +414,8 @@ def test_train_step_compiles_once_across_epochs_and_resume(ptb_runs):
     # One trace and one executable each, though the carry was reset at an epoch boundary
     # (step steps_per_epoch, then 2 * steps_per_epoch) and the second run's first step
     # takes the state restored from the first run's last checkpoint.
-    assert run["traces"] == {"train": 1, "eval": 1, "eval2": 1}
-    assert run["cache_sizes"] == {"train": [1], "eval": [1], "eval2": [1]}
+    assert run["traces"] == {"train": 1, "eval": 1, "mc": 1}
+    assert run["cache_sizes"] == {"train": [1], "eval": [1], "mc": [1]}
   resumed = runs[1]
   assert int(resumed["result"].state.step) == 2 * steps_per_epoch + 4
   steps = [r["step"] for r in split_records(resumed["records"], "train")]
