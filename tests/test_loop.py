@@ -302,15 +302,23 @@ def test_adding_tiny_loss_falls(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["task"] == "adding"
 
 
-def test_max_train_minutes_stops_then_evaluates_and_checkpoints(tmp_path):
-  """A spent time budget ends training after the step in progress, which is then logged,
-  evaluated and checkpointed like a last step."""
-  result = train(load_config("adding", "tiny", max_train_minutes=1e-9), tmp_path)
-  records = read_metrics(tmp_path)
+def test_max_train_minutes_pauses_and_a_rerun_finishes_like_one_run(tmp_path, ptb_dir):
+  """A spent time budget pauses training after the step in progress, which is logged,
+  evaluated on the validation split and checkpointed; the test split and MC evaluation
+  wait for the last step. Rerun without the budget, the run ends where one run ends."""
+  overrides = dict(data_dir=ptb_dir, mc_samples=2, train_steps=12, progress=False)
+  paused_dir, whole_dir = tmp_path / "paused", tmp_path / "whole"
+  result = train(load_config("ptb", "tiny", max_train_minutes=1e-9, **overrides), paused_dir)
+  records = read_metrics(paused_dir)
   assert int(result.state.step) == 1
-  assert [r["step"] for r in split_records(records, "train")] == [1]
-  assert [r["step"] for r in split_records(records, "eval")] == [1]
-  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+  assert [(r["step"], r["split"]) for r in records] == [(1, "train"), (1, "eval")]
+  assert sorted(p.name for p in (paused_dir / "checkpoints").iterdir()) == ["1"]
+  resumed = train(load_config("ptb", "tiny", **overrides), paused_dir)
+  whole = train(load_config("ptb", "tiny", **overrides), whole_dir)
+  assert int(resumed.state.step) == 12
+  assert set(resumed.metrics) == {"eval", "eval_mc", "test", "test_mc"}
+  for split, metrics in whole.metrics.items():
+    assert resumed.metrics[split]["loss"] == pytest.approx(metrics["loss"], rel=1e-5), split
 
 
 def test_copy_tiny_loss_falls(tmp_path):

@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 64  # global batch, split over devices
   c.train_steps = 1000  # total optimiser steps; LM tasks: epochs * windows per epoch
   c.epochs = 0  # LM tasks: > 0 overrides train_steps with whole epochs
-  c.max_train_minutes = 0.0  # > 0: stop (evaluate, checkpoint) after this much wall time
+  c.max_train_minutes = 0.0  # > 0: pause (evaluate, checkpoint) after this much wall time
 
   # Evaluation, logging, checkpoints.
   c.eval_every = 200  # steps

@@ -371,6 +371,7 @@ def train_and_evaluate(
   )
   pending, started = [], time.perf_counter()
   deadline = time.perf_counter() + 60 * config.max_train_minutes
+  paused = False
   for step in range(start, total_steps):
     if task.carries and step % task.steps_per_epoch == 0:
       state = state.replace(carry=jax.device_put(_zeros_like(state.carry), shardings.carry))
@@ -379,9 +380,13 @@ def train_and_evaluate(
     pending.append(metrics)
     done = step + 1
     bar.update(1)
-    if config.max_train_minutes and time.perf_counter() > deadline:
-      total_steps = done  # the time budget is spent: log, evaluate and save this step
-    if done % config.log_every == 0 or done == total_steps:
+    # A spent time budget pauses the run: this step is logged, evaluated and saved, and a
+    # rerun continues from it; the end-of-run evaluations wait for the last step.
+    paused = (
+      bool(config.max_train_minutes) and time.perf_counter() > deadline and done < total_steps
+    )
+    last = done == total_steps or paused
+    if done % config.log_every == 0 or last:
       loss = float(np.mean([float(m["loss"]) for m in pending]))
       elapsed = time.perf_counter() - started
       record = {"step": done, "split": "train", **task.metrics(loss)}
@@ -389,16 +394,26 @@ def train_and_evaluate(
       log.write(record)
       bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "split")})
       pending, started = [], time.perf_counter()
-    if done % config.eval_every == 0 or done == total_steps:
+    if done % config.eval_every == 0 or last:
       run_evaluation(done, task.eval_batches, "eval")
       started = time.perf_counter()  # tokens per second counts training only
-    if done % config.checkpoint_every == 0 or done == total_steps:
+    if done % config.checkpoint_every == 0 or last:
       manager.save(done, args=ocp.args.StandardSave(_checkpointable(state)))
-    if done == total_steps:
+    if last:
       break
   bar.close()
   manager.wait_until_finished()
   manager.close()
+  if paused:
+    records.plot(records.MetricsLog.read(log.path), workdir / "curves.png", task.metric)
+    bar.write(
+      f"paused at step {int(state.step)} of {total_steps} (max_train_minutes); run the same"
+      " command again to continue"
+    )
+    last_eval = [r for r in records.MetricsLog.read(log.path) if r["split"] == "eval"][-1]
+    return TrainResult(
+      state, task, {"eval": {k: v for k, v in last_eval.items() if k not in ("step", "split")}}
+    )
   # The last evaluations, from the log: a rerun of a finished run evaluates nothing again.
   final = {
     r["split"]: {k: v for k, v in r.items() if k not in ("step", "split")}
