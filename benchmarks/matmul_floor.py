@@ -4,14 +4,14 @@ Shape legend: B batch, T time, I input size, H hidden size, G gates (4 LSTM, 3 G
 
 For every shape and cell it times, interleaved in one process (float32, medians):
 
-* ``torch``: PyTorch's fused ``nn.LSTM`` / ``nn.GRU`` (2 threads), forward under
+* ``torch``: PyTorch's fused ``nn.LSTM`` / ``nn.GRU`` (``--torch-threads``), forward under
   ``no_grad`` and forward+backward;
 * ``torch (no oneDNN)``: the same under ``torch.backends.mkldnn.flags(enabled=False)``.
   PyTorch runs its LSTM (not its GRU) on the CPU with oneDNN's fused RNN primitive, which
   packs the weights once for all steps; without it, PyTorch's own generic step loop;
 * ``recurrent``: ``recurrent.scan`` under ``jax.jit`` (forward, and the gradient with
   respect to params and inputs);
-* ``flax``: the issue's Flax reference on the same weights, ``nn.RNN(OptimizedLSTMCell)``
+* ``flax``: the Flax reference on the same weights, ``nn.RNN(OptimizedLSTMCell)``
   (LSTM) or ``nn.RNN(GRUCell)`` (GRU), jitted the same way;
 * ``floor``: a jitted program with only the matmuls a hoisted-projection RNN must do and
   as little else as possible. Forward: the projection ``[T*B, I] @ [I, G*H]`` and a
@@ -37,35 +37,26 @@ once, so where its projection exceeds ``recurrent.fused.policy.CHUNK_ABOVE`` (32
 bound, and the forward ``stored``, which chunks as ``recurrent`` does, is. Both run the
 recurrent matmul batch-major, ``h [B, H] @ w_hh``: where ``recurrent``'s forward runs
 feature-major (``recurrent.fused.policy.feature_major``: B from 16 to 32 and G*H >= 3072, none
-of the defaults; 32,100,128,256 until 2026-11-26's Zen 4 runs) neither bounds that forward.
+of the default shapes) neither bounds that forward.
 
-Run from the repository root::
+A CPU tool (XLA:CPU's kernels); needs jax, flax and torch. Run from the repository root::
 
-    python benchmarks/matmul_floor.py [--shapes 32,100,128,256 ...] [--repeats N]
+    python benchmarks/matmul_floor.py [--shapes 32,100,128,256 ...] [--cells lstm] [--repeats N]
 """
 
 import argparse
-import os
 import resource
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from _common import DEFAULT_SHAPES, cpu_count, interleaved_ms, load_average, parse_shape
+from flax import linen as nn
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from flax import linen as nn  # noqa: E402
-
-import recurrent  # noqa: E402
-from benchmarks.lstm_cpu import (  # noqa: E402
-  DEFAULT_SHAPES,
-  TORCH_THREADS,
-  build_flax,
-  interleaved_ms,
-  parse_shape,
-)
-from recurrent import convert  # noqa: E402
+import recurrent
+from recurrent import convert
 
 
 def floor_programs(num_gates: int, hidden: int):
@@ -214,7 +205,7 @@ def bench(shape, cell_name, repeats):
   def rec_forward(p, x):
     return recurrent.scan(cell, p, x)[1]
 
-  # r is an argument, as in lstm_cpu.py: a constant r would let XLA fold work into it.
+  # r is an argument, as in compare.py: a constant r would let XLA fold work into it.
   rec_grad = jax.grad(lambda p, x, r: jnp.sum(rec_forward(p, x) * r), argnums=(0, 1))
   floor_fwd, floor_fwd_bwd = floor_programs(num_gates, hidden)
   floor_args = (params.w_ih, params.w_hh, xs_tm, dzs)
@@ -233,11 +224,13 @@ def bench(shape, cell_name, repeats):
       (params.w_ih, params.w_hh, xs_tm, jnp.moveaxis(r, 1, 0)),
     ),
   }
-  calls = {k: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for k, (f, a) in jitted.items()}
   flax_cell = nn.OptimizedLSTMCell(hidden) if cell_name == "lstm" else nn.GRUCell(hidden)
-  flax_calls, _ = build_flax(flax_cell, params, xs, r)
-  for mode, (call, _) in flax_calls.items():
-    calls[("flax", mode)] = call
+  flax_vars = {"params": {"cell": convert.to_flax(params)["params"]}}
+  flax_forward = nn.RNN(flax_cell).apply
+  flax_grad = jax.grad(lambda v, x, r: jnp.sum(flax_forward(v, x) * r), argnums=(0, 1))
+  jitted[("flax", "fwd")] = (jax.jit(flax_forward), (flax_vars, xs))
+  jitted[("flax", "fwd+bwd")] = (jax.jit(flax_grad), (flax_vars, xs, r))
+  calls = {k: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for k, (f, a) in jitted.items()}
 
   module = (torch.nn.LSTM if cell_name == "lstm" else torch.nn.GRU)(
     inputs, hidden, batch_first=True
@@ -269,9 +262,6 @@ def bench(shape, cell_name, repeats):
     call()
     call()
   ms = interleaved_ms(calls, repeats)
-  flax_vars = {"params": {"cell": convert.to_flax(params)["params"]}}
-  flax_forward = nn.RNN(flax_cell).apply  # what build_flax times, and its gradient:
-  flax_grad = jax.grad(lambda v, x, r: jnp.sum(flax_forward(v, x) * r), argnums=(0, 1))
   memory = {
     "fwd": temp_faults(rec_forward, (params, xs)) + temp_faults(flax_forward, (flax_vars, xs)),
     "fwd+bwd": temp_faults(rec_grad, (params, xs, r)) + temp_faults(flax_grad, (flax_vars, xs, r)),
@@ -281,12 +271,20 @@ def bench(shape, cell_name, repeats):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shapes", nargs="+", type=parse_shape, default=DEFAULT_SHAPES)
+  parser.add_argument(
+    "--shapes", nargs="+", type=parse_shape, default=DEFAULT_SHAPES, metavar="B,T,I,H"
+  )
   parser.add_argument("--cells", nargs="+", choices=("lstm", "gru"), default=("lstm", "gru"))
-  parser.add_argument("--repeats", type=int, default=15)
+  parser.add_argument("--repeats", type=int, default=15, help="interleaved calls per column")
+  parser.add_argument(
+    "--torch-threads",
+    type=int,
+    default=cpu_count(),
+    help="PyTorch's threads (default: this process's CPUs, %(default)s)",
+  )
   args = parser.parse_args(argv)
-  torch.set_num_threads(TORCH_THREADS)
-  print(f"jax {jax.__version__}, torch {torch.__version__} ({TORCH_THREADS} threads); "
+  torch.set_num_threads(args.torch_threads)
+  print(f"jax {jax.__version__}, torch {torch.__version__} ({args.torch_threads} threads); "
         f"float32, median ms of {args.repeats} interleaved calls")  # fmt: skip
   columns = ["B,T,I,H", "cell", "mode", "PyTorch", "PyTorch (no oneDNN)", "Flax", "floor"]
   columns += ["stored", "recurrent", "floor/PyTorch", "floor/Flax", "stored/PyTorch"]
@@ -312,8 +310,7 @@ def main(argv=None) -> int:
       cells = [",".join(map(str, shape)), cell_name.upper(), mode]
       cells += [f"{v:.1f}" for v in (temp, flax_temp, faulted, flax_faulted)]
       print("| " + " | ".join(cells) + " |")
-  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  print(f"\nLoad average at the end: {load:.2f}")
+  print(f"\nLoad average at the end: {load_average():.2f}")
   return 0
 
 
