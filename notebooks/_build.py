@@ -19,30 +19,29 @@ import nbformat
 HERE = pathlib.Path(__file__).resolve().parent
 COLAB = "https://colab.research.google.com"
 BADGE = f"[![Open In Colab]({COLAB}/assets/colab-badge.svg)]"
-REPO_URL = "https://github.com/recurrent-jax/recurrent"
+REPO_URL = "https://github.com/recurrent-jax/recurrent"  # the one place the repository is named
+RAW_URL = REPO_URL.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main"
 
 
 def badge(name: str) -> str:
-  return f"{BADGE}({COLAB}/github/recurrent-jax/recurrent/blob/main/notebooks/{name}.ipynb)"
+  repo = REPO_URL.removeprefix("https://github.com/")
+  return f"{BADGE}({COLAB}/github/{repo}/blob/main/notebooks/{name}.ipynb)"
 
 
 INSTALL = r"""
 #%% code
-# On Colab only: clone the repository (the notebooks read its configs/) and install it.
-import os
+# On Colab only: install the package, with its training extra (the configs come with it).
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-  if not os.path.isdir("/content/recurrent"):
-    subprocess.run(["git", "clone", "--depth=1", REPO_URL, "/content/recurrent"], check=True)
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "/content/recurrent[train]"], check=True)
-""".replace("REPO_URL", repr(REPO_URL).replace("'", '"'))
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "recurrent[train] @ git+REPO_URL"],
+                 check=True)
+""".replace("REPO_URL", REPO_URL)
 
 SETUP = r"""
 #%% code
 %matplotlib inline
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -57,6 +56,7 @@ import numpy as np
 from IPython.display import display
 
 import recurrent
+from recurrent.train.configs import get_config  # get_config("ptb", "tiny"): --config ptb:tiny
 from recurrent.train.loop import train_and_evaluate
 from recurrent.train.records import MetricsLog
 
@@ -78,36 +78,11 @@ print(f"jax {jax.__version__}, backend {BACKEND!r}, smoke setting: {SMOKE}")
 print("devices:", jax.devices())
 
 
-def find_repo() -> pathlib.Path:
-  # The checkout with configs/: beside the installed package, the working folder or Colab's clone.
-  roots = [pathlib.Path(recurrent.__file__).resolve().parents[1], pathlib.Path.cwd().parent,
-           pathlib.Path.cwd(), pathlib.Path("/content/recurrent")]
-  for root in roots:
-    if (root / "configs" / "adding.py").is_file():
-      return root
-  raise FileNotFoundError(f"no configs/ folder in {roots}: run the notebook from a clone")
-
-
-REPO = find_repo()
-
-
-def get_config(name: str, variant: str = ""):
-  # configs/<name>.py's get_config(variant): the file `python -m recurrent.train --config` reads.
-  path = REPO / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"recurrent_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
-
-
 def fresh_workdir(name: str) -> pathlib.Path:
   # runs/<name>, emptied first: train_and_evaluate resumes from a workdir's last checkpoint.
   workdir = pathlib.Path("runs") / name
   shutil.rmtree(workdir, ignore_errors=True)
   return workdir
-
-
-print("configs from", REPO / "configs")
 """
 
 TEXT_DATA = r"""
@@ -118,7 +93,9 @@ with no data, the notebook writes a small corpus of its own so that every cell s
 #%% code
 from recurrent.train import download
 
-DATA = pathlib.Path(os.environ.get("RECURRENT_DATA", REPO.parent / "shared" / "data"))
+# ../shared/data beside the checkout the package is installed from (an editable install)
+CHECKOUT = pathlib.Path(recurrent.__file__).resolve().parents[1]
+DATA = pathlib.Path(os.environ.get("RECURRENT_DATA", CHECKOUT.parent / "shared" / "data"))
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 if not SHAKESPEARE.is_file() and "google.colab" in sys.modules:
   SHAKESPEARE = download.fetch(
@@ -161,8 +138,8 @@ the shape of every array on the way:
 1. a **cell** is a bundle of pure functions (`init`, `initial_carry`, `step`, ...) and
    `recurrent.scan` runs it over time with `lax.scan`;
 2. `recurrent.linen.LSTM` / `GRU` are thin Flax modules over the same code;
-3. `train_and_evaluate(config, workdir)` trains a model from a config in `configs/`, the
-   function `python -m recurrent.train` calls.
+3. `train_and_evaluate(config, workdir)`, the function `python -m recurrent.train` calls,
+   trains a model from a config: a built-in one, `get_config("adding")`, or your own.
 
 Shape letters: B batch, T time, I input size, H hidden size.
 INSTALL
@@ -265,7 +242,7 @@ print("linen layer == recurrent.stack(to_core(params)):",
 
 Each input step is a pair (value, marker); exactly two steps are marked and the target,
 read after the last step, is the sum of the two marked values. Predicting 1 always scores
-MSE 1/6 = 0.167. `configs/adding.py` trains a 64-unit LSTM; `train_and_evaluate` writes
+MSE 1/6 = 0.167. The built-in config `adding` trains a 64-unit LSTM; `train_and_evaluate` writes
 `config.json`, `metrics.jsonl`, `curves.png` and checkpoints into the workdir.
 #%% code
 if SMOKE:
@@ -510,7 +487,7 @@ print("example 0 too:", bool(jnp.all(reordered[1] == masks[0])))
 
 A character-level LSTM on a small slice of tiny-shakespeare (30,000 characters, 90% for
 training), small enough that an unregularised model overfits within minutes on a CPU.
-All three runs use `configs/chars.py` with the same size and steps; only the dropout
+All three runs use the built-in config `chars` with the same size and steps; only the dropout
 differs:
 
 - **none**;
@@ -588,7 +565,7 @@ off near 6.1 while variational dropout, which also drops the recurrent state, le
 slowly at first but is still improving at the end and finishes lowest (about 5.9), with
 its training perplexity, measured with dropout on, close to its validation perplexity.
 The gaps Gal & Ghahramani report on Penn Treebank come from much longer training of
-larger models (`configs/ptb.py` variants `zaremba_medium` and `gal_medium`).
+larger models (the `ptb` config's variants `zaremba_medium` and `gal_medium`).
 
 ## MC dropout by hand
 
@@ -626,6 +603,57 @@ A single dropout sample is much worse than the deterministic model; averaging sa
 closes most of that gap. Whether the MC average beats the deterministic approximation
 depends on the model and the data: Gal & Ghahramani gain about one point of perplexity on
 Penn Treebank with large models trained for dozens of epochs.
+## Penn Treebank: the same code, four kinds of dropout
+
+The repository keeps the runs behind its Penn Treebank results table (`docs/results.md`):
+Zaremba et al.'s small model (2 x 200 LSTM, 13 epochs, their schedule) with (a) no
+dropout, (b) naive per-step dropout on the non-recurrent connections, (c) time-invariant
+dropout with one mask shared by the gates, on the inputs, the outputs and `h`, and (d)
+time-invariant untied masks (one per gate) plus word-type embedding dropout. This cell
+reads their `metrics.jsonl` from the checkout, or from GitHub when the package was
+installed without one (on Colab).
+#%% code
+import json
+import urllib.request
+
+RESULTS = CHECKOUT / "results" / "ptb"
+RAW = "RAW_URL/results/ptb"
+ABLATION = {"zaremba_small": "(a) no dropout", "small_naive": "(b) naive",
+            "small_tied": "(c) time-invariant, tied", "small_untied": "(d) untied + words"}
+
+
+def ptb_records(run):
+  path = RESULTS / run / "metrics.jsonl"
+  try:
+    text = (path.read_text() if path.is_file()
+            else urllib.request.urlopen(f"{RAW}/{run}/metrics.jsonl", timeout=10).read().decode())
+  except OSError as error:  # no checkout and no network
+    print(f"{run}: not available ({error})")
+    return None
+  return [json.loads(line) for line in text.splitlines()]
+
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+print(f"{'run':28s} {'valid':>6s} {'test':>6s} {'test, MC':>8s}")
+for (run, label), color in zip(ABLATION.items(), ["C0", "C1", "C2", "C3"]):
+  log = ptb_records(run)
+  if not log:
+    continue
+  epoch = max(r["step"] for r in log) / 13  # 13 epochs
+  for ax, split in zip(axes, ("train", "eval")):
+    points = [(r["step"] / epoch, r["perplexity"]) for r in log if r["split"] == split]
+    ax.plot(*zip(*points), color=color, label=label, marker="o" if split == "eval" else None,
+            markersize=3)
+  last = {r["split"]: r["perplexity"] for r in log}
+  print(f"{label:28s} {last.get('eval', float('nan')):6.1f} {last.get('test', float('nan')):6.1f}"
+        f" {last.get('test_mc', float('nan')):8.1f}")
+for ax, title in zip(axes, ("training perplexity (dropout on)", "validation perplexity")):
+  ax.set(title=title, xlabel="epoch", yscale="log", ylim=(70, 400))
+  ax.grid(alpha=0.3, which="both")
+axes[1].axhline(120.7, color="gray", linestyle=":", label="Zaremba et al. small, 120.7")
+axes[1].legend(fontsize=8)
+fig.tight_layout()
+show(fig)
 """
 
 # --- 04 ------------------------------------------------------------------------------------
@@ -729,6 +757,7 @@ def cells(name: str, source: str) -> list:
   """The notebook's cells from ``#%% md`` / ``#%% code`` separated text."""
   source = source.replace("BADGE", badge(name)).replace("INSTALL", INSTALL)
   source = source.replace("SETUP", SETUP).replace("TEXT_DATA", TEXT_DATA)
+  source = source.replace("RAW_URL", RAW_URL)
   out, kind, lines = [], None, []
 
   def flush():

@@ -10,7 +10,6 @@ Every test runs the CLI in a subprocess from the repository root, as a user woul
 default-config run takes minutes, so it starts with the module and is checked last.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -24,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from recurrent.train import tasks
+from recurrent.train import configs, tasks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "recurrent.train"]
@@ -64,10 +63,7 @@ def finish(proc, timeout=400):
 
 
 def load_config(name, variant=None):
-  spec = importlib.util.spec_from_file_location(f"_config_{name}", ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config() if variant is None else module.get_config(variant)
+  return configs.get_config(name, variant)
 
 
 def read_lines(workdir):
@@ -112,11 +108,7 @@ def default_run(tmp_path_factory):
 
 def test_copy_tiny_run_leaves_its_files(tmp_path):
   workdir = tmp_path / "copy"
-  finish(
-    start_cli(
-      "--config", "configs/copy.py:tiny", "--workdir", str(workdir), "--config.progress=False"
-    )
-  )
+  finish(start_cli("--config", "copy:tiny", "--workdir", str(workdir), "--config.progress=False"))
   expected = load_config("copy", "tiny")
   expected.progress = False
   assert json.loads((workdir / "config.json").read_text()) == json.loads(expected.to_json())
@@ -135,16 +127,14 @@ def test_copy_tiny_run_leaves_its_files(tmp_path):
 
 
 def test_positional_argument_is_a_usage_error(tmp_path):
-  proc = run_cli("--workdir", str(tmp_path / "w"), "configs/copy.py")
+  proc = run_cli("--workdir", str(tmp_path / "w"), "copy")
   assert proc.returncode != 0
-  assert "unexpected arguments: ['configs/copy.py']" in proc.stderr
+  assert "unexpected arguments: ['copy']" in proc.stderr
   assert not (tmp_path / "w").exists()
 
 
 def test_unknown_field_on_the_command_line(tmp_path):
-  proc = run_cli(
-    "--config", "configs/adding.py:tiny", "--workdir", str(tmp_path), "--config.bogus=1"
-  )
+  proc = run_cli("--config", "adding:tiny", "--workdir", str(tmp_path), "--config.bogus=1")
   assert proc.returncode != 0
   assert "bogus" in proc.stderr
   assert not (tmp_path / "metrics.jsonl").exists()
@@ -168,7 +158,7 @@ def test_unknown_field_from_a_config_file(tmp_path):
 def test_bad_value_on_the_command_line(tmp_path):
   proc = run_cli(
     "--config",
-    "configs/adding.py:tiny",
+    "adding:tiny",
     "--workdir",
     str(tmp_path),
     "--config.recurrent_dropout=1.0",
@@ -180,7 +170,7 @@ def test_bad_value_on_the_command_line(tmp_path):
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
   steps, every = 1000, 50
   args = [
-    "--config", "configs/adding.py:tiny",
+    "--config", "adding:tiny",
     f"--config.train_steps={steps}",
     f"--config.checkpoint_every={every}",
     f"--config.eval_every={every}",

@@ -1,4 +1,5 @@
-"""recurrent.train.config and configs/*.py: every bad config is refused, naming its field.
+"""recurrent.train.config and the built-in configs: every bad config is refused, naming its
+field.
 
 References, named in each test: the field list of ``base_config`` (an added field is
 unknown), the types of its defaults, the documented ranges (rates in [0, 1)), the device
@@ -14,8 +15,8 @@ import ml_collections
 import pytest
 
 from recurrent.train import config as config_lib
+from recurrent.train import configs
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 VARIANTS = {
   "adding": ["", "tiny"],
   "copy": ["", "tiny"],
@@ -32,8 +33,7 @@ VARIANTS = {
 
 
 def load_module(path):
-  # Loaded by path, as ml_collections' config flag does: putting configs/ on sys.path would
-  # let configs/copy.py shadow the standard library's copy module.
+  # Loaded by path, as ml_collections' config flag does.
   path = pathlib.Path(path)
   spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
@@ -51,23 +51,22 @@ def valid_config(**fields):
   "name, variant", [(n, v) for n, variants in VARIANTS.items() for v in variants]
 )
 def test_every_documented_variant_validates(name, variant):
-  c = load_module(CONFIGS / f"{name}.py").get_config(variant)
+  c = configs.get_config(name, variant)
   assert c.task == name
   config_lib.validate(c)
   assert set(c.keys()) == set(config_lib.base_config().keys())
 
 
 def test_default_variants_are_the_documented_ones():
-  # configs/adding.py with no variant is the CLI's default config.
-  assert load_module(CONFIGS / "adding.py").get_config().train_steps == 2000
-  ptb = load_module(CONFIGS / "ptb.py")
-  assert ptb.get_config().to_dict() == ptb.get_config("zaremba_small").to_dict()
+  # adding with no variant is the CLI's default config.
+  assert configs.get_config("adding").train_steps == 2000
+  assert configs.get_config("ptb").to_dict() == configs.get_config("ptb", "zaremba_small").to_dict()
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_bad_variant_name_is_refused(name):
   with pytest.raises(ValueError, match="no_such_variant"):
-    load_module(CONFIGS / f"{name}.py").get_config("no_such_variant")
+    configs.get_config(name, "no_such_variant")
 
 
 def test_unknown_field_added_by_a_config_file(tmp_path):

@@ -46,7 +46,11 @@ EXPECTED = {
   "api/dropout/index.html": ["recurrent.dropout.sequence_keys", "recurrent.dropout.mc_average"],
   "api/convert/index.html": ["recurrent.convert.from_torch", "recurrent.convert.to_flax"],
   "api/train/loop/index.html": ["recurrent.train.loop.train_and_evaluate"],
-  "api/train/config/index.html": ["recurrent.train.config.base_config"],
+  "api/train/config/index.html": [
+    "recurrent.train.config.base_config",
+    "recurrent.train.config.fields",
+    "recurrent.train.configs.get_config",
+  ],
   "api/train/models/index.html": ["recurrent.train.models.SequenceModel"],
   "design/index.html": ["1512.05287", "fold_in", "Glossary"],
 }

@@ -13,7 +13,12 @@ References, named in each test:
 - Tracing: a counter in the Python body of the step functions (it runs once per trace) and
   the jitted functions' cache sizes, over an epoch boundary and a resume.
 - Devices: the same runs on 1 and on 8 (forced host) devices give the same loss curves,
-  dropout included, because masks come from example ids, not from the batch layout.
+  dropout included, because masks come from example ids, not from the batch layout; the
+  copy task's accuracy too, as its hits and weights are summed over the whole batch.
+- Metrics: the copy task's accuracy against NumPy's argmax of the model's logits on the
+  weighted steps; its baselines against the task's definition; the unigram perplexity
+  against counts made with ``collections.Counter``; the files of a run against the mode
+  ``open`` gives, ``0o666 & ~umask``.
 
 optax is not clean under the session's strict dtype promotion (adam's bias correction
 raises ``decay ** count`` with an int32 count, the cosine schedule mixes that count with a
@@ -22,7 +27,6 @@ float), so whatever runs an optax update runs under ``standard`` promotion, by
 """
 
 import collections
-import importlib.util
 import json
 import os
 import pathlib
@@ -36,7 +40,7 @@ import optax
 import pytest
 
 from recurrent.train import config as config_lib
-from recurrent.train import loop, tasks, text
+from recurrent.train import configs, loop, tasks, text
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,12 +51,7 @@ VERBS = ["sees", "likes", "has", "sells", "buys"]
 
 
 def load_config(name, variant=None, **overrides):
-  # By path, as ml_collections' config flag does: configs/ on sys.path would let
-  # configs/copy.py shadow the standard library's copy module.
-  spec = importlib.util.spec_from_file_location(f"_config_{name}", ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config() if variant is None else module.get_config(variant)
+  c = configs.get_config(name, variant)
   c.progress = False
   c.update(overrides)
   return c
@@ -297,6 +296,10 @@ def test_adding_tiny_loss_falls(tmp_path):
   records = read_metrics(tmp_path)
   assert_loss_falls(records, "mse")
   assert_result_matches_log(result, records)
+  for r in records:  # no accuracy for a regression: the metrics are as they were
+    assert set(r) == {"step", "split", "mse"} | (
+      {"tokens_per_sec"} if r["split"] == "train" else set()
+    )
   assert [r["step"] for r in split_records(records, "train")] == [5, 10, 15, 20]
   assert [r["step"] for r in split_records(records, "eval")] == [10, 20]
   assert json.loads((tmp_path / "config.json").read_text())["task"] == "adding"
@@ -321,11 +324,102 @@ def test_max_train_minutes_pauses_and_a_rerun_finishes_like_one_run(tmp_path, pt
     assert resumed.metrics[split]["loss"] == pytest.approx(metrics["loss"], rel=1e-5), split
 
 
-def test_copy_tiny_loss_falls(tmp_path):
-  result = train(load_config("copy", "tiny"), tmp_path)
+def test_copy_tiny_loss_falls_logs_accuracy_and_writes_files_by_the_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    result = train(load_config("copy", "tiny"), tmp_path)
+  finally:
+    os.umask(old)
   records = read_metrics(tmp_path)
   assert_loss_falls(records, "loss")
   assert_result_matches_log(result, records)
+  assert "accuracy" in result.metrics["eval"]
+  # Hits over the answer steps only: 3 per sequence, so 5 logged steps of 16 sequences
+  # weigh 240 steps and the 64 eval sequences 192 (all 12 steps would make 960 and 768).
+  for r in records:
+    answers = 5 * 16 * 3 if r["split"] == "train" else 64 * 3
+    assert r["accuracy"] * answers == pytest.approx(round(r["accuracy"] * answers), abs=1e-6), r
+    assert 0.0 <= r["accuracy"] <= 1.0
+  for name in ("config.json", "metrics.jsonl", "curves.png"):
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# --- metrics: the copy task's accuracy, the baselines ---------------------------------------
+
+
+def test_accuracy_counts_argmax_hits_on_the_weighted_steps():
+  task = tasks.make(load_config("copy", "tiny"))
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(6, 12, 10)).astype(np.float32)
+  batch = {
+    "targets": rng.integers(0, 10, (6, 12)).astype(np.int32),
+    "weights": rng.choice(np.array([0.0, 1.0, 2.0], np.float32), (6, 12)),
+  }
+  batch["targets"][:, :4] = logits[:, :4].argmax(-1)  # some hits, some with weight 0
+  hits = (logits.argmax(-1) == batch["targets"]).astype(np.float64)
+  total, count = task.extra(jnp.asarray(logits), batch)["accuracy"]
+  assert float(total) == (hits * batch["weights"]).sum()
+  assert float(count) == batch["weights"].sum()
+  # Several batches or steps: hits and weights added, then divided (not a mean of means).
+  assert tasks.extra_metrics([{"accuracy": (3.0, 10.0)}, {"accuracy": (5.0, 6.0)}]) == {
+    "accuracy": 0.5
+  }
+  assert tasks.extra_metrics([{}, {}]) == {}
+
+
+def numpy_accuracy(task, params, batches):
+  hits = weights = 0.0
+  for batch in batches:
+    logits, _ = task.model.apply(
+      {"params": params}, batch["inputs"], example_ids=batch["example_ids"], deterministic=True
+    )
+    right = np.asarray(logits).argmax(-1) == batch["targets"]
+    hits += float((right * batch["weights"]).sum())
+    weights += float(batch["weights"].sum())
+  return hits / weights
+
+
+def test_copy_train_and_eval_steps_report_accuracy():
+  config = load_config("copy", "tiny", init_scale=1.0)  # large weights: varied predictions
+  task = tasks.make(config)
+  state = loop.init_state(config, task, jax.random.key(0), total_steps=10)
+  sharding = loop._sharding(jax.devices()[:1])
+  batches = list(task.eval_batches())
+  assert len(batches) == 4
+  eval_step = jax.jit(loop.make_eval_step(task))
+  metrics = loop.evaluate(state, batches, task, sharding, eval_step, None)
+  assert set(metrics) == {"loss", "accuracy"}
+  want = numpy_accuracy(task, state.params, batches)
+  assert metrics["accuracy"] == pytest.approx(want, abs=1e-12)
+  batch = task.train_batch(0)
+  with optax_promotion():
+    _, train_metrics = jax.jit(loop.make_train_step(task))(state, batch, jax.random.key(1))
+  total, count = train_metrics["extra"]["accuracy"]  # before the update; no dropout here
+  assert float(count) == 16 * 3
+  assert float(total) / float(count) == pytest.approx(
+    numpy_accuracy(task, state.params, [batch]), abs=1e-12
+  )
+
+
+def test_tasks_carry_their_baselines():
+  adding = tasks.make(load_config("adding", "tiny"))
+  assert adding.baselines == {"mse": ("always 1", pytest.approx(1 / 6, rel=1e-15))}
+  copy = tasks.make(load_config("copy", "tiny", copy_alphabet=5))
+  assert copy.baselines == {
+    "loss": ("memoryless", pytest.approx(np.log(5), rel=1e-15)),
+    "accuracy": ("memoryless", pytest.approx(1 / 5, rel=1e-15)),
+  }
+  # A language model: the unigram model of the training words (counts plus one) on valid.
+  c = load_config("ptb", "tiny", data_dir="unused")
+  vocab = text.Vocabulary(tuple(f"w{i}" for i in range(13)), separator=" ")
+  rng = np.random.default_rng(0)
+  train_ids, valid_ids = rng.integers(0, 12, 400), rng.integers(0, 13, 200)  # w12 unseen
+  counts = collections.Counter(int(i) for i in train_ids)
+  total = len(train_ids) + 13
+  nll = sum(-np.log((counts[int(i)] + 1) / total) for i in valid_ids) / len(valid_ids)
+  lm = tasks.language_model(c, train_ids.astype(np.int32), valid_ids.astype(np.int32), vocab)
+  assert lm.baselines["loss"] == ("unigram", pytest.approx(nll, rel=1e-12))
+  assert lm.baselines["perplexity"] == ("unigram", pytest.approx(np.exp(nll), rel=1e-12))
 
 
 def test_chars_tiny_loss_falls_and_samples(tmp_path):
@@ -436,16 +530,13 @@ def test_train_step_compiles_once_across_epochs_and_resume(ptb_runs):
 # --- 1 device vs 8 -------------------------------------------------------------------------
 
 _DEVICES_SCRIPT = """
-import importlib.util, json, sys
+import json, sys
 import jax
-from recurrent.train import loop
+from recurrent.train import configs, loop
 
 assert len(jax.devices()) == 8, jax.devices()
 for run in json.loads(sys.argv[1]):
-  spec = importlib.util.spec_from_file_location("cfg", "configs/%s.py" % run["name"])
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(run["variant"])
+  config = configs.get_config(run["name"], run["variant"])
   config.update(run["overrides"])
   loop.train_and_evaluate(config, run["workdir"], devices=jax.devices()[: run["devices"]])
 """
@@ -472,7 +563,7 @@ def device_runs(ptb_dir, tmp_path_factory):
       "devices": devices,
       "workdir": str(workdir / f"{name}_{devices}"),
     }
-    for name, overrides in (("ptb", ptb), ("adding", adding))
+    for name, overrides in (("ptb", ptb), ("adding", adding), ("copy", {"dropout": 0.2}))
     for devices in (1, 8)
   ]
   env = {
@@ -499,12 +590,15 @@ def test_one_and_eight_devices_give_the_same_curves(device_runs):
   proc, workdir = device_runs
   proc.wait(timeout=600)
   assert proc.returncode == 0, (workdir / "stderr.txt").read_text()[-3000:]
-  for name, metric in (("ptb", "perplexity"), ("adding", "mse")):
+  for name, metric in (("ptb", "perplexity"), ("adding", "mse"), ("copy", "loss")):
     one = read_metrics(workdir / f"{name}_1")
     eight = read_metrics(workdir / f"{name}_8")
     assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in eight]
     assert {r["split"] for r in one} >= {"train", "eval"}
     for a, b in zip(one, eight):
       assert b[metric] == pytest.approx(a[metric], rel=1e-4), (name, a, b)
+      if name == "copy":  # hits and weights summed over the 8 shards (one hit may flip on
+        # a near tie of float32 logits computed in other shapes)
+        assert b["accuracy"] == pytest.approx(a["accuracy"], abs=1 / 192 + 1e-9), (a, b)
     assert_loss_falls(one, metric)
   assert {"train", "eval", "eval_mc"} <= {r["split"] for r in read_metrics(workdir / "ptb_1")}

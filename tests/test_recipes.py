@@ -1,4 +1,4 @@
-"""The published Penn Treebank recipes: ``configs/ptb.py`` against the papers, and the
+"""The published Penn Treebank recipes: the ``ptb`` config against the papers, and the
 pieces of Gal & Ghahramani's recipe in the training package.
 
 References: the hyper-parameters as printed in Zaremba et al. 2014 (arXiv 1409.2329) §4.1
@@ -8,9 +8,6 @@ Gal's weight decay step ``params <- (params - lr * grad) * (1 - wd)`` in float64
 the model's own modules, observed with ``flax.linen.intercept_methods``.
 """
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,10 +15,8 @@ import numpy as np
 import pytest
 
 from recurrent.train import config as config_lib
-from recurrent.train import loop
+from recurrent.train import configs, loop
 from recurrent.train.models import SequenceModel
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Shared by every Zaremba et al. model (§4.1): 2 layers, minibatch 20, SGD from lr 1,
 # biases at 0, the loss summed over the unrolled steps (their lr and norms assume it).
@@ -88,10 +83,7 @@ PUBLISHED = {
 
 
 def ptb_config(variant):
-  spec = importlib.util.spec_from_file_location("ptb_config", ROOT / "configs" / "ptb.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return configs.get_config("ptb", variant)
 
 
 @pytest.mark.parametrize("variant", sorted(PUBLISHED))

@@ -3,9 +3,11 @@
 References, named in each test: the task definitions checked on the arrays with NumPy
 (Le et al. 2015 for the adding problem: two markers, one per half, target their values'
 sum; Arjovsky et al. 2016 for the copy task: symbols, blanks, delimiter, answer); the exact
-value ``Var(u1 + u2) = 1/6`` of the always-1 baseline, within 3 standard errors; the
-memoryless cross-entropy computed from the arrays; and, for layout independence, the same
-example ids drawn in other batch sizes, positions and orders.
+value ``Var(u1 + u2) = 1/6`` of the always-1 baseline, within 3 standard errors, and its
+expectation by a midpoint rule over ``[0, 1)^2``; the memoryless cross-entropy computed
+from the arrays, and that of a brute-force memoryless model (each step's target frequencies
+counted on one seed's examples, scored on another's); and, for layout independence, the
+same example ids drawn in other batch sizes, positions and orders.
 
 One sequence length per task, so each generator compiles once (threefry compiles slowly).
 """
@@ -57,6 +59,22 @@ def test_adding_problem_baseline_mse(adding):
   mse = float(np.mean((b["targets"].astype(np.float64) - 1.0) ** 2))
   assert abs(mse - 1 / 6) < 3 * np.sqrt((1 / 15 - 1 / 36) / 10_000)
   assert abs(mse - 0.1767) > 0.005
+
+
+def test_adding_problem_baseline_property(adding):
+  task, b = adding
+  targets = b["targets"].astype(np.float64)
+  # The best constant is the target's mean, 1 (3 standard errors, sd sqrt(1/6)) ...
+  assert abs(targets.mean() - 1.0) < 3 * np.sqrt(1 / 6 / 10_000)
+  # ... and its MSE, by a midpoint rule over the two marked values on [0, 1)^2 (error
+  # 1/(6 n^2) for this quadratic), is the property, which the data bear out.
+  n = 1_000
+  u = (np.arange(n) + 0.5) / n
+  quadrature = float(np.mean((u[:, None] + u[None, :] - 1.0) ** 2))
+  assert abs(quadrature - task.baseline_mse) < 1 / (6 * n**2) + 1e-12
+  assert task.baseline_mse == pytest.approx(1 / 6, rel=1e-15)
+  mse = float(np.mean((targets - 1.0) ** 2))
+  assert abs(mse - task.baseline_mse) < 3 * np.sqrt((1 / 15 - 1 / 36) / 10_000)
 
 
 def test_adding_problem_independent_of_batch_layout(adding):
@@ -112,6 +130,32 @@ def test_copy_task_memoryless_baseline(copy):
   np.testing.assert_allclose(nll.mean(), S * np.log(A) / T_COPY, rtol=1e-12)
   weights = b["weights"]
   np.testing.assert_allclose((nll * weights).sum() / weights.sum(), np.log(A), rtol=1e-12)
+
+
+def test_copy_task_memoryless_baseline_property(copy):
+  """A brute-force memoryless model: per step, the frequencies of the targets over one
+  seed's examples (all it can know without the symbols), scored on another seed's."""
+  task, b = copy
+  counts = np.stack([np.bincount(col, minlength=A + 2) for col in b["targets"].T])  # [T, V]
+  probs = counts / counts.sum(axis=1, keepdims=True)
+  held_out = synthetic.CopyTask(seq_len=T_COPY, seed=6, copy_length=S, alphabet_size=A)
+  h = held_out.examples(np.arange(2_000))
+  weights = h["weights"].astype(np.float64)
+  p_target = np.take_along_axis(probs[None], h["targets"][..., None], axis=-1)[..., 0]
+  nll = -np.log(p_target)
+  hits = np.argmax(probs, axis=1)[None] == h["targets"]
+  loss = float((nll * weights).sum() / weights.sum())
+  accuracy = float((hits * weights).sum() / weights.sum())
+  want = task.memoryless_baseline
+  assert set(want) == {"loss", "accuracy"}
+  # Estimated frequencies cost about (A - 1) / (2 N) = 0.002 nats more than the truth;
+  # 20k held-out answers give the accuracy to a standard error of 0.0023.
+  assert want["loss"] - 0.003 < loss < want["loss"] + 0.02, (loss, want)
+  assert abs(accuracy - want["accuracy"]) < 5 * np.sqrt(1 / 8 * 7 / 8 / 20_000), (accuracy, want)
+  # Other sizes: log A and 1/A per answer step, whatever S and T.
+  for seq_len, length, alphabet in ((21, 10, 8), (100, 3, 30), (5, 1, 2)):
+    got = synthetic.CopyTask(seq_len, 0, length, alphabet).memoryless_baseline
+    assert got == pytest.approx({"loss": np.log(alphabet), "accuracy": 1 / alphabet}, rel=1e-12)
 
 
 def test_copy_task_independent_of_batch_layout(copy):

@@ -1,20 +1,63 @@
-"""``python -m recurrent.train [--config FILE] [--config.field=value ...] [--workdir DIR]``.
+"""``python -m recurrent.train [--config CONFIG] [--config.FIELD=VALUE ...] [--workdir DIR]``.
 
-Parses flags and calls :func:`recurrent.train.train_and_evaluate`; nothing else. Without
-``--config`` it trains the default config, an LSTM on the adding problem.
+Parses flags and calls :func:`recurrent.train.train_and_evaluate`; nothing else.
+CONFIG is a built-in config, NAME or NAME:VARIANT (adding, copy, chars, ptb: ``--config
+ptb:zaremba_small``), or a config file of your own, FILE or FILE:VARIANT (``--config
+path/to/mine.py:tiny``); without it, it trains the default config, an LSTM on the adding
+problem.
 """
 
 import pathlib
+import textwrap
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as _ml_config_flags
 
+from recurrent.train import configs
+from recurrent.train.config import fields
 from recurrent.train.loop import train_and_evaluate
+from recurrent.train.records import MetricsLog
 
-_DEFAULT = pathlib.Path(__file__).resolve().parents[2] / "configs" / "adding.py"
 
-config_flag = config_flags.DEFINE_config_file(
-  "config", str(_DEFAULT), "A config file in configs/ (default: the adding problem)."
+def _fields_help(width: int = 100) -> str:
+  """The config fields, their defaults and meanings, for ``--help``."""
+  lines = [
+    "config fields: override any with --config.FIELD=VALUE. The defaults are base_config's;",
+    "the --config you choose changes some (a run writes its values to WORKDIR/config.json).",
+    "",
+  ]
+  rows = [(name, repr(default), meaning) for name, (default, meaning) in fields().items()]
+  name_width = max(len(name) for name, _, _ in rows)
+  value_width = max(len(value) for _, value, _ in rows)
+  for name, value, meaning in rows:
+    head = f"  {name:<{name_width}}  {value:<{value_width}}  "
+    lines += textwrap.wrap(
+      meaning, width, initial_indent=head, subsequent_indent=" " * len(head)
+    ) or [head.rstrip()]
+  return "\n".join(lines)
+
+
+# absl prints the main module's docstring first under --help (a '%' would be a format field).
+__doc__ += "\n" + _fields_help().replace("%", "%%") + "\n"
+
+
+class _ConfigParser(_ml_config_flags.ConfigFileFlagParser):
+  """``--config``'s parser: a built-in name or a file, each with an optional ``:VARIANT``."""
+
+  def parse(self, argument):
+    return super().parse(configs.resolve(argument))
+
+
+# DEFINE_config_file with this parser: ml_collections has no public hook for one.
+config_flag = flags.DEFINE_flag(
+  _ml_config_flags._ConfigFlag(
+    parser=_ConfigParser("config"),
+    serializer=flags.ArgumentSerializer(),
+    name="config",
+    default="adding",
+    help_string=f"A built-in config, NAME or NAME:VARIANT ({', '.join(configs.NAMES)}), or a"
+    " config file, FILE or FILE:VARIANT.",
+  )
 )
 workdir_flag = flags.DEFINE_string(
   "workdir", None, "Folder for checkpoints, metrics.jsonl and curves.png; resumes if present."
@@ -41,8 +84,16 @@ def main(argv):
     jax.distributed.initialize(
       num_processes=num_processes_flag.value, process_id=process_id_flag.value
     )
-  workdir = workdir_flag.value or f"runs/{config_flag.value.task}"
-  train_and_evaluate(config_flag.value, workdir)
+  workdir = pathlib.Path(workdir_flag.value or f"runs/{config_flag.value.task}")
+  log = workdir / "metrics.jsonl"
+  before = MetricsLog.read(log)
+  result = train_and_evaluate(config_flag.value, workdir)
+  if before and MetricsLog.read(log) == before:  # nothing trained or evaluated: it was done
+    print(f"already finished at step {int(result.state.step)}: nothing to do in {workdir}")
+    print(f"results: {log}, {workdir / 'curves.png'}; the last evaluations:")
+    for split, metrics in result.metrics.items():
+      values = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+      print(f"  {split}: {' '.join(values)}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The training config: every field with its default, and the checks run before training.
 
-Config files in ``configs/`` start from :func:`base_config` and change what their task
-needs; :func:`validate` refuses a config with a field that is not here, a value of the
-wrong type, or an impossible value, naming the field.
+The configs in :mod:`recurrent.train.configs` start from :func:`base_config` and change what
+their task needs; :func:`validate` refuses a config with a field that is not here, a value of
+the wrong type, or an impossible value, naming the field. :func:`fields` lists the fields
+with their defaults and meanings (``python -m recurrent.train --help`` prints them).
 """
 
 import math
@@ -32,14 +33,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Model.
   c.cell = "lstm"  # one of CELLS
-  c.hidden_size = 64
-  c.num_layers = 1
+  c.hidden_size = 64  # units per recurrent layer
+  c.num_layers = 1  # stacked recurrent layers
   c.embed_size = 0  # LM/copy embedding width; 0 means hidden_size
   c.init_scale = 0.0  # > 0: every weight uniform in [-init_scale, init_scale] (Zaremba)
-  c.forget_bias = 1.0  # LSTM only (Jozefowicz et al. 2015)
+  c.forget_bias = 1.0  # LSTM forget-gate bias at init (Jozefowicz et al. 2015)
 
   # Dropout: rates are drop probabilities.
-  c.dropout_kind = "variational"  # "naive": a new mask per time step (Zaremba et al.)
+  c.dropout_kind = "variational"  # DROPOUT_KINDS; "naive": a new mask per step (Zaremba et al.)
   c.dropout = 0.0  # on every layer's input (embeddings, between layers)
   c.recurrent_dropout = 0.0  # on h_{t-1}; variational only
   c.output_dropout = 0.0  # on the top layer's outputs, before the read-out
@@ -48,35 +49,62 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Optimisation.
   c.optimizer = "adam"  # one of OPTIMIZERS
-  c.learning_rate = 1e-3
+  c.learning_rate = 1e-3  # the initial rate, which lr_schedule may decay
   c.lr_schedule = "constant"  # one of LR_SCHEDULES
   c.lr_decay = 0.5  # "step": lr * lr_decay ** max(epoch + 1 - decay_epoch, 0) (Zaremba)
   c.decay_epoch = 1  # "step": epochs at the full rate
-  c.weight_decay = 0.0
+  c.weight_decay = 0.0  # wd, applied as weight_decay_kind says
   # "l2": wd * params joins the gradient (scaled by the lr; adamw: decoupled, its own);
   # "shrink": params *= 1 - wd after every step, as Gal & Ghahramani's code does.
-  c.weight_decay_kind = "l2"
+  c.weight_decay_kind = "l2"  # "l2": wd * params in the gradient; "shrink": params *= 1 - wd
   c.max_grad_norm = 0.0  # > 0: clip gradients by global norm
   # Language models: differentiate the per-step losses summed over the window (and averaged
   # over the batch), as Zaremba et al. and Gal & Ghahramani do; their lr and clipping norm
   # assume it. False differentiates the mean over tokens. Metrics are per token either way.
-  c.loss_sum_over_time = False
+  c.loss_sum_over_time = False  # LMs: the loss summed over the window, not the token mean
   c.batch_size = 64  # global batch, split over devices
   c.train_steps = 1000  # total optimiser steps; LM tasks: epochs * windows per epoch
   c.epochs = 0  # LM tasks: > 0 overrides train_steps with whole epochs
   c.max_train_minutes = 0.0  # > 0: pause (evaluate, checkpoint) after this much wall time
 
   # Evaluation, logging, checkpoints.
-  c.eval_every = 200  # steps
+  c.eval_every = 200  # steps between evaluations
   c.eval_examples = 1024  # synthetic tasks: held-out examples
   c.mc_samples = 0  # > 0: the final evaluations also with MC dropout over this many samples
   c.mc_chunk = 10  # MC samples run at once (memory grows with it)
   c.log_every = 50  # steps between metric lines
-  c.checkpoint_every = 500  # steps
-  c.keep_checkpoints = 3
+  c.checkpoint_every = 500  # steps between checkpoints
+  c.keep_checkpoints = 3  # how many of the newest checkpoints are kept
   c.progress = True  # a progress bar on stderr
   c.sample_length = 0  # chars task: characters sampled at the end
   return c
+
+
+def fields() -> dict:
+  """Every field of :func:`base_config`: ``{name: (default, meaning)}``, in its order.
+
+  The meaning is the comment beside the field in ``base_config``, read from its source, with
+  the names of the choice tuples (``TASKS``, ...) spelled out.
+
+  Example:
+    >>> fields()["task"]
+    ('adding', 'one of adding | copy | ptb | chars')
+  """
+  import inspect
+  import re
+
+  defaults = base_config()
+  out = {}
+  for line in inspect.getsource(base_config).splitlines():
+    match = re.fullmatch(r"\s*c\.(\w+) = [^#]*?(?:\s+# (.*))?", line)
+    if match:
+      meaning = re.sub(
+        r"\b[A-Z][A-Z_]+\b",
+        lambda m: " | ".join(globals()[m[0]]) if isinstance(globals().get(m[0]), tuple) else m[0],
+        match[2] or "",
+      )
+      out[match[1]] = (defaults[match[1]], meaning)
+  return out
 
 
 _POSITIVE = (

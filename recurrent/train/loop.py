@@ -109,24 +109,25 @@ def make_train_step(task: tasks.Task):
     def loss_fn(params):
       outputs, carry = _apply(state, params, batch, state.carry, key, False)
       total, count = task.loss(outputs, batch)
-      return total / count * task.loss_scale, (total / count, carry)
+      return total / count * task.loss_scale, (total / count, carry, task.extra(outputs, batch))
 
-    (_, (loss, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, carry, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads)
     if task.carries:
       state = state.replace(carry=jax.lax.stop_gradient(carry))
-    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "extra": extra}
 
   return train_step
 
 
 def make_eval_step(task: tasks.Task):
-  """``eval_step(state, carry, batch) -> (loss_sum, count, carry)``, dropout off."""
+  """``eval_step(state, carry, batch) -> (loss_sum, count, extra, carry)``, dropout off;
+  ``extra`` is ``task.extra``'s ``{name: (sum, count)}``."""
 
   def eval_step(state: TrainState, carry, batch: dict):
     outputs, carry = _apply(state, state.params, batch, carry, None, True)
     total, count = task.loss(outputs, batch)
-    return total, count, carry if task.carries else None
+    return total, count, task.extra(outputs, batch), carry if task.carries else None
 
   return eval_step
 
@@ -210,11 +211,12 @@ def init_state(config, task: tasks.Task, key, total_steps: int) -> TrainState:
 
 def evaluate(state, batches: Iterable[dict], task: tasks.Task, sharding, eval_step, carry):
   """Runs ``eval_step`` over ``batches`` in order; returns the task's metrics."""
-  total, count = 0.0, 0.0
+  total, count, extra = 0.0, 0.0, []
   for batch in batches:
-    t, c, carry = eval_step(state, carry, sharding.put_batch(batch))
+    t, c, e, carry = eval_step(state, carry, sharding.put_batch(batch))
     total, count = total + float(t), count + float(c)
-  return task.metrics(total / count)
+    extra.append(e)
+  return {**task.metrics(total / count), **tasks.extra_metrics(extra)}
 
 
 def mc_evaluate(state, batches, task, sharding, mc_step, key, carry, num_samples, chunk, bar):
@@ -286,7 +288,8 @@ def train_and_evaluate(
   """Trains ``config``'s task in ``workdir``, resuming from its last checkpoint if any.
 
   Args:
-    config: a config from ``configs/`` (see :func:`recurrent.train.config.base_config`).
+    config: a config from :mod:`recurrent.train.configs` or a file of your own (see
+      :func:`recurrent.train.config.base_config`).
     workdir: folder for checkpoints, ``metrics.jsonl``, ``config.json`` and ``curves.png``.
     devices: the devices to shard the batch over; all of them by default.
 
@@ -332,7 +335,7 @@ def train_and_evaluate(
   eval_step = jax.jit(
     make_eval_step(task),
     in_shardings=(shardings, sharding.batch, sharding.batch),
-    out_shardings=(sharding.replicated, sharding.replicated, sharding.batch),
+    out_shardings=(sharding.replicated, sharding.replicated, sharding.replicated, sharding.batch),
   )
   mc_step = jax.jit(
     make_mc_step(task),
@@ -390,6 +393,7 @@ def train_and_evaluate(
       loss = float(np.mean([float(m["loss"]) for m in pending]))
       elapsed = time.perf_counter() - started
       record = {"step": done, "split": "train", **task.metrics(loss)}
+      record.update(tasks.extra_metrics(m["extra"] for m in pending))
       record["tokens_per_sec"] = len(pending) * task.tokens_per_step / elapsed
       log.write(record)
       bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "split")})
@@ -405,7 +409,9 @@ def train_and_evaluate(
   manager.wait_until_finished()
   manager.close()
   if paused:
-    records.plot(records.MetricsLog.read(log.path), workdir / "curves.png", task.metric)
+    records.plot(
+      records.MetricsLog.read(log.path), workdir / "curves.png", task.metric, config, task.baselines
+    )
     bar.write(
       f"paused at step {int(state.step)} of {total_steps} (max_train_minutes); run the same"
       " command again to continue"
@@ -426,7 +432,7 @@ def train_and_evaluate(
     if batches is not None and config.mc_samples and name + "_mc" not in final:
       final.update(run_mc_evaluation(total_steps, batches, name))
   records.plot(
-    records.MetricsLog.read(workdir / "metrics.jsonl"), workdir / "curves.png", task.metric
+    records.MetricsLog.read(log.path), workdir / "curves.png", task.metric, config, task.baselines
   )
   if config.sample_length and task.vocab is not None:
     prompt = task.train_batch(0)["inputs"][0, :1]

@@ -139,6 +139,25 @@ class AddingProblem:
     """The batch of training step ``step``: the examples ``step * B + arange(B)``."""
     return self.examples(_example_ids(step, batch_size))
 
+  @property
+  def baseline_mse(self) -> float:
+    """The MSE of the best constant answer, 1 (the mean of the target): ``Var(u1 + u2)``.
+
+    The two marked values are independent and uniform on ``[0, 1)``, each of variance
+    ``1/12``, so the target's variance is ``2/12 = 1/6`` whatever ``seq_len``.
+
+    Example:
+      >>> round(AddingProblem(seq_len=50).baseline_mse, 4)
+      0.1667
+    """
+    uniform_variance = 1.0 / 12.0  # of U[0, 1): E[u^2] - E[u]^2 = 1/3 - 1/4
+    return 2.0 * uniform_variance
+
+
+def _answer_steps(seq_len: int, copy_length: int):
+  """The copy task's answer steps ``[T]`` (bool): the last S, where the symbols are recalled."""
+  return np.arange(seq_len) >= seq_len - copy_length
+
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _copy(seed, ids, seq_len, copy_length, alphabet_size):
@@ -163,7 +182,7 @@ def _copy(seed, ids, seq_len, copy_length, alphabet_size):
     return jnp.concatenate(inputs), jnp.concatenate([blanks(recall), symbols])
 
   inputs, targets = jax.vmap(one)(_keys(seed, ids))
-  weights = (jnp.arange(seq_len) >= recall).astype(jnp.float32)
+  weights = jnp.asarray(_answer_steps(seq_len, copy_length), jnp.float32)
   return inputs, targets, jnp.broadcast_to(weights, targets.shape)
 
 
@@ -231,6 +250,34 @@ class CopyTask:
   @property
   def vocab_size(self) -> int:
     return self.alphabet_size + 2
+
+  @property
+  def memoryless_baseline(self) -> dict:
+    """The loss and accuracy, per weighted step, of the best model without memory.
+
+    Such a model knows the layout (the targets are blanks until the last S steps, then
+    the symbols, drawn uniformly from the A of the alphabet) but not which symbols came:
+    it predicts the blank with certainty on the blank steps (cross-entropy 0, always
+    right) and a uniform distribution over the A symbols on the answer steps
+    (cross-entropy ``log A``, right with probability ``1/A``). The numbers are these
+    per-step values averaged with the task's ``weights``; as only the answer steps weigh,
+    ``log A`` (2.079 for ``A = 8``) and ``1/A``.
+
+    Returns:
+      ``{'loss': ..., 'accuracy': ...}``.
+
+    Example:
+      >>> {k: round(v, 4) for k, v in CopyTask(seq_len=64).memoryless_baseline.items()}
+      {'loss': 2.0794, 'accuracy': 0.125}
+    """
+    answer = _answer_steps(self.seq_len, self.copy_length)  # the target is a symbol there
+    weights = answer.astype(np.float64)  # as in the batches
+    loss = np.where(answer, np.log(self.alphabet_size), 0.0)
+    accuracy = np.where(answer, 1.0 / self.alphabet_size, 1.0)
+    return {
+      "loss": float((weights * loss).sum() / weights.sum()),
+      "accuracy": float((weights * accuracy).sum() / weights.sum()),
+    }
 
   def examples(self, example_ids) -> dict:
     """The examples ``example_ids`` (int ``[B]``).

@@ -4,17 +4,22 @@ Shape legend: B batch, T time, V vocabulary.
 
 A :class:`Task` gives the global batch of any training step (so a resumed run restarts at
 that step exactly), the evaluation batches, and a loss that returns a sum and a count, so
-that averages over sharded batches and several windows are exact.
+that averages over sharded batches and several windows are exact; other statistics (the
+copy task's accuracy) come as sums and counts too, from the ``extra`` of a :class:`Task`.
 """
 
 import math
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from recurrent.train import batching, download, models, synthetic, text
+
+
+def _no_extra(outputs, batch) -> dict:
+  return {}
 
 
 class Task(NamedTuple):
@@ -28,6 +33,13 @@ class Task(NamedTuple):
     loss: ``(outputs, batch) -> (sum, count)``.
     metrics: ``mean_loss -> dict`` of the metrics to report (e.g. perplexity).
     metric: the name of the metric to plot.
+    extra: ``(outputs, batch) -> {name: (sum, count)}``, statistics reported besides the
+      loss's metrics, as ``sum / count`` with sums and counts added over the batches and
+      the logged steps (:func:`extra_metrics`); ``{}`` for most tasks, the accuracy on the
+      weighted steps for the copy task.
+    baselines: ``{metric: (label, value)}``, what a trivial model scores (the adding
+      problem's always-1 answer, the copy task's memoryless guess, the unigram model of a
+      corpus), drawn on the plot.
     carries: whether the carry flows from one batch to the next (truncated BPTT).
     steps_per_epoch: windows per epoch for language models, else 0.
     tokens_per_step: tokens (time steps) in one global batch.
@@ -49,6 +61,19 @@ class Task(NamedTuple):
   vocab: object = None
   test_batches: Callable[[], Iterable[dict]] | None = None
   loss_scale: float = 1.0
+  extra: Callable[..., dict] = _no_extra
+  baselines: Mapping[str, tuple] = {}
+
+
+def extra_metrics(sums: Iterable[dict]) -> dict:
+  """``{name: sum / count}`` from the ``{name: (sum, count)}`` of :class:`Task`'s ``extra`` for
+  several batches or steps, the sums and the counts added first."""
+  totals = {}
+  for stats in sums:
+    for name, (total, count) in stats.items():
+      previous = totals.get(name, (0.0, 0.0))
+      totals[name] = (previous[0] + float(total), previous[1] + float(count))
+  return {name: total / count for name, (total, count) in totals.items()}
 
 
 def _model(config, num_outputs: int, vocab_size: int = 0, readout: str = "all"):
@@ -80,6 +105,15 @@ def _cross_entropy(logits, batch):
   return (losses * weights).sum(), weights.sum().astype(losses.dtype)
 
 
+def _accuracy(logits, batch) -> dict:
+  """``{'accuracy': (sum, count)}``: the argmax's hits, weighted as the loss is."""
+  hits = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(logits.dtype)
+  weights = batch.get("weights")
+  if weights is None:
+    return {"accuracy": (hits.sum(), jnp.asarray(hits.size, hits.dtype))}
+  return {"accuracy": ((hits * weights).sum(), weights.sum().astype(hits.dtype))}
+
+
 def _squared_error(outputs, batch):
   errors = jnp.square(outputs[:, 0] - batch["targets"])
   return errors.sum(), jnp.asarray(errors.size, errors.dtype)
@@ -87,6 +121,14 @@ def _squared_error(outputs, batch):
 
 def _perplexity(loss: float) -> dict:
   return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+
+def unigram_loss(train: np.ndarray, valid: np.ndarray, vocab_size: int) -> float:
+  """The cross-entropy on ``valid`` of the unigram model of ``train``, word counts plus
+  one (so that a word never seen in training costs a finite loss)."""
+  counts = np.bincount(np.asarray(train).ravel(), minlength=vocab_size) + 1.0
+  log_probs = np.log(counts) - np.log(counts.sum())
+  return float(-log_probs[np.asarray(valid).ravel()].mean())
 
 
 def language_model(config, train: np.ndarray, valid: np.ndarray, vocab, test=None) -> Task:
@@ -97,6 +139,7 @@ def language_model(config, train: np.ndarray, valid: np.ndarray, vocab, test=Non
   test_windows = (
     None if test is None else batching.lm_batches(test, config.batch_size, config.seq_len)
   )
+  unigram = unigram_loss(train, valid, len(vocab))
   return Task(
     model=_model(config, len(vocab), len(vocab)),
     train_batch=lambda step: train_windows.batch(step % len(train_windows)),
@@ -110,10 +153,11 @@ def language_model(config, train: np.ndarray, valid: np.ndarray, vocab, test=Non
     vocab=vocab,
     test_batches=None if test_windows is None else lambda: iter(test_windows),
     loss_scale=float(config.seq_len) if config.loss_sum_over_time else 1.0,
+    baselines={"loss": ("unigram", unigram), "perplexity": ("unigram", math.exp(unigram))},
   )
 
 
-def _synthetic(config, make_batch, model, loss, metrics, metric) -> Task:
+def _synthetic(config, make_batch, model, loss, metric, **fields) -> Task:
   eval_batches = config.eval_examples // config.batch_size or 1
 
   def eval_iter():
@@ -126,11 +170,12 @@ def _synthetic(config, make_batch, model, loss, metrics, metric) -> Task:
     train_batch=lambda step: make_batch(config.seed, step, config.batch_size),
     eval_batches=eval_iter,
     loss=loss,
-    metrics=metrics,
+    metrics=lambda value: {metric: value},
     metric=metric,
     carries=False,
     steps_per_epoch=0,
     tokens_per_step=config.batch_size * config.seq_len,
+    **fields,
   )
 
 
@@ -148,24 +193,20 @@ def make(config) -> Task:
     data = {
       seed: synthetic.AddingProblem(config.seq_len, seed) for seed in (config.seed, config.seed + 1)
     }
-    model, loss, metrics, metric = _model(config, 1, readout="last"), _squared_error, "mse", "mse"
+    model, loss, metric = _model(config, 1, readout="last"), _squared_error, "mse"
+    fields = {"baselines": {"mse": ("always 1", data[config.seed].baseline_mse)}}
   else:
     data = {
       seed: synthetic.CopyTask(config.seq_len, seed, config.copy_symbols, config.copy_alphabet)
       for seed in (config.seed, config.seed + 1)
     }
     vocab_size = data[config.seed].vocab_size
-    model, loss, metrics, metric = (
-      _model(config, vocab_size, vocab_size),
-      _cross_entropy,
-      "loss",
-      "loss",
-    )
+    model, loss, metric = _model(config, vocab_size, vocab_size), _cross_entropy, "loss"
+    memoryless = data[config.seed].memoryless_baseline
+    fields = {
+      "extra": _accuracy,
+      "baselines": {name: ("memoryless", value) for name, value in memoryless.items()},
+    }
   return _synthetic(
-    config,
-    lambda seed, step, size: data[seed].batch(step, size),
-    model,
-    loss,
-    lambda value: {metrics: value},
-    metric,
+    config, lambda seed, step, size: data[seed].batch(step, size), model, loss, metric, **fields
   )

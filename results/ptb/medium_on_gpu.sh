@@ -13,7 +13,6 @@ set -euo pipefail
 data=${1:?usage: medium_on_gpu.sh PTB_DIR WORKROOT [MINUTES]}
 root=${2:?usage: medium_on_gpu.sh PTB_DIR WORKROOT [MINUTES]}
 minutes=${3:-8}
-here=$(cd "$(dirname "$0")/../.." && pwd)
 deadline=$((SECONDS + minutes * 60))
 
 finished() {  # the run logged its test evaluation (and the MC one when it has MC samples)
@@ -31,7 +30,7 @@ for variant in zaremba_medium gal_medium; do
     exit 0
   fi
   # MC evaluation of 1,000 samples runs after the last step, outside the time budget.
-  python -m recurrent.train --config "$here/configs/ptb.py:$variant" \
+  python -m recurrent.train --config "ptb:$variant" \
     --config.data_dir="$data" --config.max_train_minutes="$((left - 1))" \
     --config.progress=False --workdir "$root/$variant"
   if ! finished "$root/$variant" "$want"; then

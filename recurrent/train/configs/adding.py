@@ -4,8 +4,8 @@ An LSTM reads T pairs (value, marker) and must output the sum of the two marked 
 Always predicting 1 scores MSE 1/6 = 0.167; this config reaches MSE < 0.01 in about two
 minutes on a 2-core CPU.
 
-    python -m recurrent.train --config configs/adding.py --workdir runs/adding
-    python -m recurrent.train --config configs/adding.py:tiny --workdir /tmp/adding_tiny
+    python -m recurrent.train --config adding --workdir runs/adding
+    python -m recurrent.train --config adding:tiny --workdir /tmp/adding_tiny
 """
 
 from recurrent.train.config import base_config
@@ -30,5 +30,5 @@ def get_config(variant: str = ""):
     c.train_steps, c.eval_every, c.log_every, c.checkpoint_every = 20, 10, 5, 10
     c.eval_examples = 64
   elif variant:
-    raise ValueError(f"configs/adding.py has variants '' and 'tiny', got {variant!r}")
+    raise ValueError(f"config 'adding' has variants '' and 'tiny', got {variant!r}")
   return c

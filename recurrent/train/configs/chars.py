@@ -1,6 +1,6 @@
 """Character-level language model on any text file (tiny-shakespeare by default).
 
-    python -m recurrent.train --config configs/chars.py \
+    python -m recurrent.train --config chars \
         --config.data_dir=../shared/data/tinyshakespeare/input.txt --workdir runs/chars
 """
 
@@ -31,5 +31,5 @@ def get_config(variant: str = ""):
     c.train_steps, c.eval_every, c.log_every, c.checkpoint_every = 20, 10, 5, 10
     c.sample_length = 20
   elif variant:
-    raise ValueError(f"configs/chars.py has variants '' and 'tiny', got {variant!r}")
+    raise ValueError(f"config 'chars' has variants '' and 'tiny', got {variant!r}")
   return c

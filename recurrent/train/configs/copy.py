@@ -2,7 +2,7 @@
 
 The memoryless baseline scores a cross-entropy of log(8) = 2.08 on the answer steps.
 
-    python -m recurrent.train --config configs/copy.py --workdir runs/copy
+    python -m recurrent.train --config copy --workdir runs/copy
 """
 
 from recurrent.train.config import base_config
@@ -27,5 +27,5 @@ def get_config(variant: str = ""):
     c.train_steps, c.eval_every, c.log_every, c.checkpoint_every = 20, 10, 5, 10
     c.eval_examples = 64
   elif variant:
-    raise ValueError(f"configs/copy.py has variants '' and 'tiny', got {variant!r}")
+    raise ValueError(f"config 'copy' has variants '' and 'tiny', got {variant!r}")
   return c

