@@ -1,6 +1,9 @@
 """Input validation, in Python, before anything is traced: each error names the argument,
 what it got and what was expected."""
 
+import functools
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +13,16 @@ from recurrent import dropout as _dropout
 
 def _shape(x) -> tuple:
   return tuple(np.shape(x))
+
+
+def size(name: str, value) -> int:
+  """A positive Python (or NumPy) int, not a bool: a hidden size, a count. Returns it as an
+  ``int``."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
+  if value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+  return int(value)
 
 
 def floating(name: str, x) -> None:
@@ -95,3 +108,54 @@ def carry(name: str, given, expected) -> None:
         " (batch shape of xs + (hidden_size,))"
       )
     floating(name, g)
+
+
+@functools.lru_cache(maxsize=64)
+def _init_shapes(init, input_size):
+  """The tree structure and leaf shapes of ``init(key, input_size)``, found without running
+  it; None for an init that cannot be traced abstractly."""
+  try:
+    abstract = jax.eval_shape(lambda key: init(key, input_size), jax.random.key(0))
+  except Exception:  # a cell of one's own may need concrete values: then no check
+    return None
+  leaves, tree = jax.tree.flatten(abstract)
+  return tree, tuple(leaf.shape for leaf in leaves)
+
+
+def _kind(tree) -> str:
+  """A params tree's type for a message: the NamedTuple's name, else the tree."""
+  node = jax.tree.unflatten(tree, [0] * tree.num_leaves)
+  return type(node).__name__ if hasattr(node, "_fields") else str(tree)
+
+
+def params(cell, params) -> None:
+  """``params`` must be what ``cell.init`` makes: its structure (the params' NamedTuple
+  type and fields) and, for the input size they take, its leaf shapes. Generic over
+  cells: the expected tree is ``jax.eval_shape`` of ``cell.init(key, input_size)``."""
+  given = jax.tree.structure(params)
+  try:
+    input_size = cell.input_size(params)
+  except (AttributeError, IndexError, KeyError, TypeError):
+    input_size = 1  # params of another kind: their structure tells
+  try:
+    expected = _init_shapes(cell.init, input_size)
+  except TypeError:  # an unhashable (symbolic) input size: nothing cached, nothing checked
+    return
+  if expected is not None and given != expected[0]:
+    got, want = _kind(given), _kind(expected[0])
+    if got == want:  # the same type, other fields or leaves: show the trees
+      got, want = str(given), str(expected[0])
+    raise TypeError(
+      f"params are {got} but the cell {cell.name!r} takes {want} (what its init"
+      " returns): params of another cell?"
+    )
+  if expected is None:
+    return
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  for (path, leaf), shape in zip(leaves, expected[1]):
+    if _shape(leaf) != tuple(shape):
+      raise ValueError(
+        f"params{jax.tree_util.keystr(path)} has shape {_shape(leaf)}; the cell"
+        f" {cell.name!r} (hidden size {cell.hidden_size}) expects {tuple(shape)} for"
+        f" input_size {input_size}: params of another hidden size?"
+      )

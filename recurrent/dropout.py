@@ -137,7 +137,8 @@ def mc_average(predict, key, num_samples: int) -> Array:
   ``predict(key)`` runs the model with dropout on (``deterministic=False``), deriving its
   per-sequence keys from ``key`` (e.g. ``sequence_keys(key, example_ids)``), and returns
   probabilities (average probabilities, not logits, as Gal & Ghahramani do). The samples
-  run in one ``vmap``; wrap the call in ``jax.jit``.
+  run in one ``vmap``; wrap the call in ``jax.jit``. ``num_samples`` is a positive int
+  (else a ValueError, or a TypeError for a float or bool).
 
   Example:
     >>> import jax, jax.numpy as jnp, recurrent
@@ -148,4 +149,7 @@ def mc_average(predict, key, num_samples: int) -> Array:
     >>> recurrent.mc_average(predict, jax.random.key(0), 64).shape
     (2,)
   """
+  from recurrent import _checks
+
+  num_samples = _checks.size("num_samples", num_samples)
   return jnp.mean(jax.vmap(predict)(jax.random.split(as_key_array(key), num_samples)), axis=0)

@@ -15,14 +15,27 @@ and Flax ``GRUCell`` compute. Reset-before is the form of Cho et al. 2014 and of
 with ``reset_after=False``; only the NumPy reference in the tests checks it.
 """
 
+import weakref
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from recurrent import _checks
 from recurrent import cell as _cell
+from recurrent import options as _options
 
 Array = jax.Array
+
+# The init functions of the reset-before cells, by identity: the converters refuse to load
+# reset-after weights (PyTorch's, Flax's) into such a cell, or its wrappers (zoneout,
+# weight_drop), which keep the cell's init.
+_RESET_BEFORE = weakref.WeakSet()
+
+
+def is_reset_before(cell) -> bool:
+  """Whether ``cell`` is a :func:`gru` with ``reset_after=False`` (or wraps one)."""
+  return cell.init in _RESET_BEFORE
 
 
 class GRUParams(NamedTuple):
@@ -90,7 +103,8 @@ def gru(
     >>> h.shape
     (8,)
   """
-  hs = hidden_size
+  hs = _checks.size("hidden_size", hidden_size)
+  _options.check_flag("reset_after", reset_after)
 
   def init(key, input_size: int) -> GRUParams:
     k_ih, k_hh = jax.random.split(key)
@@ -159,6 +173,8 @@ def gru(
       input_weights=lambda params: params.w_ih,
       recurrent_weights=lambda params: params.w_hh,
     )
+  else:
+    _RESET_BEFORE.add(init)
   return _cell.Cell(
     init,
     initial_carry,

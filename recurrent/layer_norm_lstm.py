@@ -25,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from recurrent import _checks
 from recurrent import cell as _cell
 from recurrent.lstm import LSTMGates, LSTMState
 
@@ -130,7 +131,7 @@ def layer_norm_lstm(
     >>> ys.shape
     (2, 5, 8)
   """
-  hs = hidden_size
+  hs = _checks.size("hidden_size", hidden_size)
 
   def init(key, input_size: int) -> LayerNormLSTMParams:
     k_ih, k_hh = jax.random.split(key)

@@ -10,11 +10,13 @@ sequence's key, so every layer and direction draws its own masks.
 """
 
 import dataclasses
+import numbers
 import warnings
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from recurrent import _checks
 from recurrent import dropout as _dropout
@@ -68,8 +70,11 @@ def init_layers(
     >>> params[1].forward.w_ih.shape
     (16, 24)
   """
+  if isinstance(num_layers, (bool, np.bool_)) or not isinstance(num_layers, numbers.Integral):
+    raise TypeError(f"num_layers must be an int >= 1, got {num_layers!r}")
   if num_layers < 1:
     raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+  _options.check_flag("bidirectional", bidirectional)
   layers = []
   for layer, k in enumerate(jax.random.split(key, num_layers)):
     width = merged_size(cell.hidden_size, merge) if bidirectional else cell.hidden_size

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from recurrent import _checks
 from recurrent import cell as _cell
 
 Array = jax.Array
@@ -91,7 +92,7 @@ def lstm(
     >>> h.shape, carry.c.shape
     ((2, 8), (2, 8))
   """
-  hs = hidden_size
+  hs = _checks.size("hidden_size", hidden_size)
 
   def init(key, input_size: int) -> LSTMParams:
     k_ih, k_hh = jax.random.split(key)

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from recurrent import _checks
 from recurrent import cell as _cell
 from recurrent.lstm import LSTMGates, LSTMState
 
@@ -111,10 +112,7 @@ def projection_lstm(
     >>> ys.shape
     (2, 7, 6)
   """
-  hs, ps = hidden_size, proj_size
-  for name, size in (("hidden_size", hs), ("proj_size", ps)):
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-      raise ValueError(f"{name} must be a positive int, got {size!r}")
+  hs, ps = _checks.size("hidden_size", hidden_size), _checks.size("proj_size", proj_size)
 
   def init(key, input_size: int) -> ProjectionLSTMParams:
     k_ih, k_hh, k_hr = jax.random.split(key, 3)

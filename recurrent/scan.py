@@ -33,7 +33,13 @@ def scan(
     initial_carry: the carry before the first step (leaves ``[B..., H]``); zeros if None.
     seq_lengths: int ``[B...]``, each sequence's number of valid steps. Steps at or past a
       sequence's length leave its carry unchanged and output zeros, so the final carry is
-      the carry at the sequence's own last step.
+      the carry at the sequence's own last step. Concrete lengths outside ``[0, T]`` raise
+      a ValueError. Traced ones (under ``jit``, ``vmap``) cannot be checked in Python and
+      act as clamped to ``[0, T]``: a length above T runs all T steps, a negative one none
+      (the initial carry, zero outputs). No ``checkify.check`` here: staged without
+      ``checkify.checkify`` it fails, so every jitted caller would need that transform;
+      to check traced lengths, call ``checkify.check`` on them in your own function and
+      wrap that with ``checkify.checkify``.
     key: PRNG keys ``[B...]``, one per sequence (:func:`recurrent.sequence_keys`);
       required when a rate is non-zero and not ``deterministic``.
     options: a :class:`recurrent.Options` with the fields below; keyword arguments
@@ -44,10 +50,10 @@ def scan(
     time_major: whether time is the first axis of ``xs`` and of the outputs.
     unroll: steps per loop iteration, passed to ``lax.scan``. On the CPU more than 1 (the
       default) did not pay: unroll 2-8 took 1.08-1.37x unroll 1's time for the gradient and
-      0.96-1.15x for the forward (``benchmarks/lstm_cpu.py --unroll``). On a GPU, where
+      0.96-1.15x for the forward (``benchmarks/compare.py --unroll``). On a GPU, where
       each iteration costs kernel launches, it can for long sequences of a small batch (8
       at ``[1, 1000, 64]``, ``H = 128`` on an H200: forward 0.88x, gradient 0.69x), less so
-      for batches (``benchmarks/lstm_gpu.py --unroll``). Above 1, the gradient keeps one
+      for batches (``benchmarks/compare.py --unroll`` on a GPU). Above 1, the gradient keeps one
       stack more: the LSTM's ``h`` ``[T, B..., H]``, the GRU's ``dz`` ``[T, B..., 3H]``.
     remat_every: None, or k: rematerialise the recurrence in chunks of k steps, so the
       backward pass keeps the inputs and one carry per chunk and recomputes the rest
@@ -73,6 +79,10 @@ def scan(
   after the backward loop. It supports reverse mode (``grad``, ``vjp``, higher orders),
   ``jit`` and ``vmap``, but not forward mode (``jvp``, ``jacfwd``); for that, pass
   ``cell._replace(fast=None)``, which differentiates the plain ``lax.scan``.
+
+  Inside ``jax.shard_map`` (``check_vma=True``) the carry, zero or given, is cast to vary
+  over the mesh axes the inputs, params, keys and lengths vary over, as the loop's carry
+  does; gradients of replicated params are summed over those axes, as JAX's own are.
 
   Returns:
     ``(final_carry, outputs)``: the carry after each sequence's last valid step (leaves
@@ -159,6 +169,7 @@ def run(
   """
   time_major, reverse, unroll = options.time_major, options.reverse, options.unroll
   batch_shape, num_steps, input_size = _checks.sequence("xs", xs, time_major)
+  _checks.params(cell, params)
   _checks.features("xs", input_size, cell.input_size(params))
   lengths = _checks.seq_lengths(seq_lengths, batch_shape, num_steps)
   carry_dtype = _cell.carry_dtype(params)
@@ -176,6 +187,10 @@ def run(
     in_mask, rec_mask = _input_masks(cell, options, keys, input_size, xs.dtype, carry_dtype)
   if cell.draw is not None:
     params, noise = cell.draw(params, keys, num_steps)
+  # Under shard_map (check_vma) the carry varies over the mesh axes its inputs vary over, as
+  # the loop body's does; a zero carry would vary over none.
+  varying = _fused.varying_axes(xs, params, carry, keys, lengths, noise)
+  carry = _fused.vary_like(carry, varying)
 
   xs = xs if time_major else jnp.moveaxis(xs, -2, 0)
   valid = None
@@ -197,10 +212,14 @@ def run(
         cell.num_gates, reverse, unroll, cell.dtype, batch_major, options.layout,
         options.projection_chunk if remat is None else None,
       )  # fmt: skip
-      return _fused.recurrence(
-        fast, plan, fast.input_weights(params), xs, in_mask, fast.recurrent_weights(params),
-        fast.pointwise_params(params), carry, valid, rec_mask,
-      )  # fmt: skip
+      # The hand-written backward pass returns the weights' gradients per device (varying),
+      # so the weights enter it varying too; the transpose of this cast (a psum) sums
+      # their gradients over the devices after it.
+      w_ih, w_hh, extra = _fused.vary_like(
+        (fast.input_weights(params), fast.recurrent_weights(params), fast.pointwise_params(params)),
+        varying,
+      )
+      return _fused.recurrence(fast, plan, w_ih, xs, in_mask, w_hh, extra, carry, valid, rec_mask)
     xp = cell.project(params, xs, in_mask)
 
     def body(carry, inputs):

@@ -360,3 +360,158 @@ def test_flax_converters_reject_other_params():
     convert.from_flax(dense)
   with pytest.raises(TypeError, match="LSTMParams or GRUParams"):
     convert.to_flax({"w_ih": jnp.zeros((IN, 4 * H))})
+
+
+# --- whole models: prefix= --------------------------------------------------------------
+
+
+class _TorchModel(torch.nn.Module):
+  """A model around a recurrent module: ``embed.*`` and ``head.*`` keys besides ``rnn.*``."""
+
+  def __init__(self, kind):
+    super().__init__()
+    torch.manual_seed(0)
+    self.embed = torch.nn.Embedding(10, IN)
+    self.rnn = _torch_module(kind, 2, True)
+    self.head = torch.nn.Linear(2 * H, 3)
+
+
+@pytest.mark.parametrize("kind", ("lstm", "gru"))
+def test_from_torch_prefix_reads_a_whole_model(kind):
+  """PyTorch: a whole model's state dict with ``prefix='rnn.'`` converts as the recurrent
+  module's own state dict (the other keys ignored); without the prefix it is refused with a
+  message naming the prefix to pass; ``to_torch(prefix='rnn.')`` updates the model's state
+  dict, which then loads strictly and round-trips bitwise."""
+  model = _TorchModel(kind)
+  sd = model.state_dict()
+  params = convert.from_torch(sd, prefix="rnn.")
+  _leaves_equal(params, convert.from_torch(model.rnn.state_dict()))
+  with pytest.raises(
+    ValueError, match=r"unexpected key 'embed\.weight'.*prefix= one of \['rnn\.'\]"
+  ):
+    convert.from_torch(sd)
+  with pytest.raises(ValueError, match=r"no keys starting with prefix 'lstm\.'"):
+    convert.from_torch(sd, prefix="lstm.")
+  with pytest.raises(TypeError, match="prefix must be a str"):
+    convert.from_torch(sd, prefix=0)
+
+  back = convert.to_torch(params, prefix="rnn.")
+  assert sorted(back) == sorted(k for k in sd if k.startswith("rnn."))
+  fresh = _TorchModel(kind)
+  fresh.load_state_dict({**fresh.state_dict(), **{k: torch.from_numpy(v) for k, v in back.items()}})
+  _leaves_equal(convert.from_torch(fresh.state_dict(), prefix="rnn."), params)
+
+
+class _FlaxModel(nn.Module):
+  """A model whose ``nn.RNN`` wraps a Flax cell, after a Dense layer."""
+
+  cell: type
+
+  @nn.compact
+  def __call__(self, xs):
+    return nn.RNN(self.cell(features=H, parent=None))(nn.Dense(IN)(xs))  # at RNN_0/cell
+
+
+@pytest.mark.parametrize("name", FLAX_CELLS)
+def test_from_flax_prefix_reads_a_whole_model(name):
+  """Flax: a model's variables with ``prefix='RNN_0/cell'`` (the cell's path in the params)
+  convert as the cell's own; the model's variables without it are refused with a message
+  naming that prefix; ``to_flax(prefix=...)`` nests the params there, and the model runs
+  with them, giving our scan's outputs."""
+  cls, kind = FLAX_CELLS[name]
+  model = _FlaxModel(cls)
+  xs = jnp.asarray(_xs(9))
+  variables = model.init(jax.random.key(0), xs)
+  params = convert.from_flax(variables, prefix="RNN_0/cell")
+  _leaves_equal(params, convert.from_flax(variables["params"]["RNN_0"]["cell"]))
+  _leaves_equal(convert.from_flax(variables["params"], prefix="/RNN_0/cell/"), params)
+  with pytest.raises(ValueError, match=r"a cell's params are at prefix='RNN_0/cell'"):
+    convert.from_flax(variables)
+  with pytest.raises(ValueError, match=r"no params at prefix 'RNN_0/cel': at 'RNN_0' they have"):
+    convert.from_flax(variables, prefix="RNN_0/cel")
+
+  nested = convert.to_flax(params, prefix="RNN_0/cell")
+  _leaves_equal(nested["params"]["RNN_0"]["cell"], variables["params"]["RNN_0"]["cell"])
+  full = {"params": {**variables["params"], **nested["params"]}}
+  embedded = nn.Dense(IN).apply({"params": variables["params"]["Dense_0"]}, xs)
+  _, ys = recurrent.scan(_cell(kind), params, embedded)
+  np.testing.assert_allclose(model.apply(full, xs), ys, rtol=RTOL, atol=ATOL)
+
+
+# --- dtypes -------------------------------------------------------------------------------
+
+
+def test_from_torch_float64_is_kept_or_refused():
+  """PyTorch float64 weights: kept as float64 where JAX has it (``jax_enable_x64``), else
+  refused (ValueError naming the key and ``dtype=``) rather than rounded to float32 with a
+  warning; ``dtype=jnp.float32`` converts them (the LSTM bias summed in float64 first)."""
+  module = _torch_module("lstm").double()
+  sd = module.state_dict()
+  with pytest.raises(ValueError, match=r"weight_ih_l0 is float64.*pass dtype=jnp\.float32"):
+    convert.from_torch(sd)
+  with jax.enable_x64(True):
+    params = convert.from_torch(sd)
+    assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(params))
+    np.testing.assert_array_equal(params[0].forward.w_hh, sd["weight_hh_l0"].numpy().T)
+  with pytest.raises(ValueError, match=r"^dtype=float64 needs jax_enable_x64"):
+    convert.from_torch(sd, dtype=np.float64)
+  params = convert.from_torch(sd, dtype=jnp.float32)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  b = (sd["bias_ih_l0"] + sd["bias_hh_l0"]).numpy().astype(np.float32)
+  np.testing.assert_array_equal(params[0].forward.b, b)
+  xs = _xs(10)
+  _assert_same_outputs(_our_outputs("lstm", params, xs), _torch_outputs(module.float(), xs))
+
+
+@pytest.mark.parametrize("name", ("LSTMCell", "GRUCell"))
+def test_from_flax_dtype(name):
+  """Flax: params keep their dtype (bfloat16 stays bfloat16), ``dtype=`` converts them, and
+  float64 arrays (a NumPy checkpoint's) are refused without ``jax_enable_x64``."""
+  variables = _flax_variables(name)
+  as_bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), variables)
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(convert.from_flax(as_bf16)))
+  params = convert.from_flax(variables, dtype=jnp.bfloat16)
+  _leaves_equal(params, convert.from_flax(as_bf16))
+  as_f64 = jax.tree.map(lambda x: np.asarray(x, np.float64), variables)
+  with pytest.raises(ValueError, match=r"is float64.*pass dtype=jnp\.float32"):
+    convert.from_flax(as_f64)
+  _leaves_equal(convert.from_flax(as_f64, dtype=jnp.float32), convert.from_flax(variables))
+
+
+# --- target cells: cell= ------------------------------------------------------------------
+
+RESET_BEFORE = r"GRU is reset-after, but cell is a reset-before GRU"
+
+
+def test_reset_after_weights_refused_for_a_reset_before_gru():
+  """PyTorch's and Flax's GRUs are reset-after: converting their weights for (or ours to
+  them from) ``gru(H, reset_after=False)``, or a wrapper of it, is a ValueError; the
+  reset-after GRU passes, as does the reset-before one without ``cell=``."""
+  sd = _torch_module("gru").state_dict()
+  flax_vars = _flax_variables("GRUCell")
+  before = recurrent.gru(H, reset_after=False)
+  for cell in (before, recurrent.zoneout(before, h=0.1), recurrent.weight_drop(before, 0.2)):
+    with pytest.raises(ValueError, match="PyTorch's " + RESET_BEFORE):
+      convert.from_torch(sd, cell=cell)
+    with pytest.raises(ValueError, match="Flax's " + RESET_BEFORE):
+      convert.from_flax(flax_vars, cell=cell)
+  params = convert.from_torch(sd, cell=recurrent.gru(H))
+  with pytest.raises(ValueError, match="PyTorch's " + RESET_BEFORE):
+    convert.to_torch(params, cell=before)
+  with pytest.raises(ValueError, match="Flax's " + RESET_BEFORE):
+    convert.to_flax(params[0].forward, cell=before)
+  _leaves_equal(convert.to_torch(params, cell=recurrent.gru(H)), convert.to_torch(params))
+  convert.from_flax(flax_vars, cell=recurrent.gru(H))
+  _leaves_equal(convert.from_torch(sd), params)  # no cell: nothing to check
+
+
+def test_converted_params_checked_against_the_cell():
+  """With ``cell=``, the converted params must be the cell's: GRU weights for an LSTM are
+  a TypeError, another hidden size a ValueError (as the drivers raise)."""
+  sd = _torch_module("gru").state_dict()
+  with pytest.raises(TypeError, match=r"params are GRUParams but the cell 'lstm' takes LSTMParams"):
+    convert.from_torch(sd, cell=recurrent.lstm(H))
+  with pytest.raises(ValueError, match=r"params\.w_ih has shape \(5, 12\); the cell 'gru'"):
+    convert.from_torch(sd, cell=recurrent.gru(H + 1))
+  with pytest.raises(TypeError, match=r"params are LSTMParams but the cell 'gru'"):
+    convert.from_flax(_flax_variables("LSTMCell"), cell=recurrent.gru(H))

@@ -155,6 +155,82 @@ def test_xs_not_an_array():
   assert_library_raise(e)
 
 
+# --------------------------------------------------------------------------- params
+
+P_LN = zero_params(lambda k: recurrent.layer_norm_lstm(H).init(k, IN))
+P_LSTM_7 = zero_params(lambda k: recurrent.lstm(7).init(k, IN))
+
+
+@pytest.mark.parametrize(
+  "cell,params,got,expected",
+  [
+    (LSTM, P_GRU, "GRUParams", "LSTMParams"),
+    (GRU, P_LSTM, "LSTMParams", "GRUParams"),
+    (LSTM, P_LN, "LayerNormLSTMParams", "LSTMParams"),
+    (recurrent.zoneout(GRU, h=0.1), P_LSTM, "LSTMParams", "GRUParams"),
+  ],
+  ids=["gru-to-lstm", "lstm-to-gru", "layer-norm-to-lstm", "lstm-to-zoneout-gru"],
+)
+def test_params_of_another_cell(cell, params, got, expected):
+  """Another cell's params (an LSTM given a GRU's): TypeError naming params, their type and
+  the type the cell's init returns, before tracing (not an AttributeError on ``.b``)."""
+  check_raises(
+    lambda xs, params: recurrent.scan(cell, params, xs),
+    {"xs": XS, "params": params},
+    TypeError,
+    rf"^params are {got} but the cell '[a-z()]+' takes {expected} \(what its init returns\)",
+  )
+
+
+def test_params_as_a_dict():
+  """A dict of the right arrays is not the cell's NamedTuple: TypeError showing both."""
+  check_raises(
+    lambda xs, params: recurrent.scan(LSTM, params, xs),
+    {"xs": XS, "params": dict(P_LSTM._asdict())},
+    TypeError,
+    r"^params are PyTreeDef\(\{'b': \*, 'w_hh': \*, 'w_ih': \*\}\) but the cell 'lstm' takes"
+    r" LSTMParams",
+  )
+
+
+@pytest.mark.parametrize(
+  "run",
+  [
+    lambda xs, params: recurrent.scan(recurrent.lstm(6), params, xs),
+    lambda xs, params: recurrent.trace(recurrent.lstm(6), params, xs),
+    lambda xs, params: recurrent.bidirectional_scan(
+      recurrent.lstm(6), recurrent.Bidirectional(params, params), xs
+    ),
+    lambda xs, params: recurrent.stack(recurrent.lstm(6), [params], xs),
+  ],
+  ids=["scan", "trace", "bidirectional", "stack"],
+)
+def test_params_of_another_hidden_size(run):
+  """Params of hidden size 7 for ``lstm(6)``: ValueError naming the field, its shape and
+  the shape the cell's init gives, in every driver (not a dot_general shape error)."""
+  check_raises(
+    run,
+    {"xs": XS, "params": P_LSTM_7},
+    ValueError,
+    r"^params\.w_ih has shape \(3, 28\); the cell 'lstm' \(hidden size 6\) expects \(3, 24\)"
+    r" for input_size 3: params of another hidden size\?$",
+  )
+
+
+def test_params_of_another_projection_size():
+  """Generic over cells: a projection LSTM's params of another projection size raise the
+  same ValueError, naming the first field that differs."""
+  cell = recurrent.projection_lstm(H, 2)
+  params = zero_params(lambda k: recurrent.projection_lstm(H, 3).init(k, IN))
+  check_raises(
+    lambda xs, params: recurrent.scan(cell, params, xs),
+    {"xs": XS, "params": params},
+    ValueError,
+    r"^params\.w_hh has shape \(3, 16\); the cell 'projection_lstm' \(hidden size 2\) expects"
+    r" \(2, 16\)",
+  )
+
+
 # -------------------------------------------------------------------- initial_carry
 
 
@@ -293,6 +369,32 @@ def test_seq_lengths_list_out_of_range():
   with raises(ValueError, r"^seq_lengths must be in \[0, 5\]") as e:
     recurrent.scan(LSTM, P_LSTM, XS, seq_lengths=[1, 9])
   assert_library_raise(e)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell,params", [(LSTM, P_LSTM), (GRU, P_GRU)], ids=["lstm", "gru"])
+def test_traced_seq_lengths_out_of_range_act_as_clamped(cell, params, reverse):
+  """Traced lengths cannot be checked (a ``checkify.check`` would fail every jitted caller
+  not under ``checkify.checkify``); as scan's docstring says, they act as clamped to
+  [0, T]: above T runs all T steps, negative runs none (the initial carry, zero outputs),
+  forward and reverse, on the fast path (LSTM, GRU) and on plain autodiff."""
+  params = jax.tree.map(lambda p: p + 0.1, params)
+  xs = jnp.asarray(np.random.default_rng(0).standard_normal((3, T, IN)), jnp.float32)
+  carry = jax.tree.map(lambda c: c + 0.5, cell.initial_carry((3,)))
+  for c in (cell, cell._replace(fast=None)):
+    run = jax.jit(
+      lambda xs, lengths, c=c: recurrent.scan(
+        c, params, xs, seq_lengths=lengths, initial_carry=carry, reverse=reverse
+      )
+    )
+    got = run(xs, jnp.array([-3, T + 4, 2], jnp.int32))
+    want = run(xs, jnp.array([0, T, 2], jnp.int32))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(g, w)
+    final, ys = got
+    np.testing.assert_array_equal(ys[0], 0.0)
+    for f, c0 in zip(jax.tree.leaves(final), jax.tree.leaves(carry)):
+      np.testing.assert_array_equal(f[0], c0[0])
 
 
 # ---------------------------------------------------------------------------- rates
@@ -566,6 +668,91 @@ def test_sequence_keys_needs_one_key(key):
     ValueError,
     r"^key must be a single key, got a key array of shape \(3,\)$",
   )
+
+
+# ------------------------------------------------------------- cells' constructors
+
+CONSTRUCTORS = {
+  "lstm": lambda size: recurrent.lstm(size),
+  "gru": lambda size: recurrent.gru(size),
+  "layer_norm_lstm": lambda size: recurrent.layer_norm_lstm(size),
+  "projection_lstm": lambda size: recurrent.projection_lstm(size, 2),
+}
+
+
+@pytest.mark.parametrize("size", [0, -3])
+@pytest.mark.parametrize("make", list(CONSTRUCTORS))
+def test_hidden_size_not_positive(make, size):
+  """``lstm(0)``, ``gru(-3)``, ...: ValueError naming hidden_size and the value got, when
+  the cell is made (not a ZeroDivisionError or an XLA shape error later)."""
+  with raises(ValueError, rf"^hidden_size must be a positive int, got {size}$") as e:
+    CONSTRUCTORS[make](size)
+  assert_library_raise(e)
+
+
+@pytest.mark.parametrize("size", [6.5, 4.0, True, "4", None, jnp.array(4)])
+@pytest.mark.parametrize("make", list(CONSTRUCTORS))
+def test_hidden_size_not_an_int(make, size):
+  """A float, bool, string or array hidden size: TypeError naming hidden_size, the value and
+  its type."""
+  with raises(
+    TypeError, rf"^hidden_size must be a positive int, got {re.escape(repr(size))} \(\w+\)$"
+  ) as e:
+    CONSTRUCTORS[make](size)
+  assert_library_raise(e)
+
+
+def test_hidden_size_numpy_int():
+  """A NumPy int is an int: the cell is made, with a Python int hidden size."""
+  cell = recurrent.lstm(np.int64(H))
+  assert cell.hidden_size == H and type(cell.hidden_size) is int
+
+
+@pytest.mark.parametrize("size, exc", [(0, ValueError), (2.5, TypeError), (False, TypeError)])
+def test_projection_size_not_a_positive_int(size, exc):
+  """projection_lstm checks proj_size as hidden_size."""
+  with raises(exc, rf"^proj_size must be a positive int, got {size!r}") as e:
+    recurrent.projection_lstm(H, size)
+  assert_library_raise(e)
+
+
+@pytest.mark.parametrize("value", ["no", 1, None, np.array(True)])
+def test_gru_reset_after_not_a_bool(value):
+  """``gru(4, reset_after='no')`` is not silently truthy: TypeError naming reset_after and
+  the value got."""
+  with raises(
+    TypeError, rf"^reset_after must be a Python bool .*, got {re.escape(repr(value))}$"
+  ) as e:
+    recurrent.gru(H, reset_after=value)
+  assert_library_raise(e)
+
+
+def test_init_layers_bidirectional_not_a_bool():
+  """init_layers(bidirectional='yes'): TypeError naming bidirectional."""
+  with raises(TypeError, r"^bidirectional must be a Python bool .*, got 'yes'$") as e:
+    recurrent.init_layers(LSTM, jax.random.key(0), IN, 2, bidirectional="yes")
+  assert_library_raise(e)
+
+
+@pytest.mark.parametrize("num_layers", [2.5, True, "2"])
+def test_init_layers_num_layers_not_an_int(num_layers):
+  """init_layers(num_layers=2.5): TypeError naming num_layers and the value got."""
+  with raises(
+    TypeError, rf"^num_layers must be an int >= 1, got {re.escape(repr(num_layers))}$"
+  ) as e:
+    recurrent.init_layers(LSTM, jax.random.key(0), IN, num_layers)
+  assert_library_raise(e)
+
+
+@pytest.mark.parametrize(
+  "num_samples, exc", [(0, ValueError), (-1, ValueError), (2.0, TypeError), (True, TypeError)]
+)
+def test_mc_average_num_samples_not_a_positive_int(num_samples, exc):
+  """mc_average with 0 samples (NaN before) or -1 (an MLIR error before): ValueError; a
+  float or bool count: TypeError; both name num_samples and the value got."""
+  with raises(exc, rf"^num_samples must be a positive int, got {num_samples!r}") as e:
+    recurrent.mc_average(lambda k: jnp.ones(2), jax.random.key(0), num_samples)
+  assert_library_raise(e)
 
 
 def test_valid_calls_pass():

@@ -114,6 +114,51 @@ def test_fused_second_order_and_vmap():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("dropout", [False, True], ids=["no-dropout", "dropout"])
+@pytest.mark.parametrize("time_major", [False, True], ids=["batch-major", "time-major"])
+@pytest.mark.parametrize("driver", ["scan", "stack"])
+def test_gradient_of_no_steps(kind, dropout, time_major, driver):
+  """T = 0: the gradient (it raised an IndexError in the backward pass) is zero for the
+  params, an empty array for the inputs, and for the initial carry the final carry's
+  gradient (the final carry is the initial one); through scan and a bidirectional stack,
+  with and without dropout, batch- and time-major; equal to plain autodiff."""
+  cell = getattr(recurrent, kind)(H)
+  xs = jnp.ones((0, B, IN) if time_major else (B, 0, IN))
+  options = {"time_major": time_major}
+  if dropout:
+    options.update(dropout=0.3, recurrent_dropout=0.3)
+    options["key"] = recurrent.sequence_keys(jax.random.key(1), B)
+  if driver == "scan":
+    params = cell.init(jax.random.key(0), IN)
+    carry = jax.tree.map(lambda c: c + 0.2, cell.initial_carry((B,)))
+  else:
+    params = recurrent.init_layers(cell, jax.random.key(0), IN, 2, bidirectional=True)
+    one = jax.tree.map(lambda c: c + 0.2, cell.initial_carry((B,)))
+    carry = [recurrent.Bidirectional(one, one)] * 2
+
+  def grads(c):
+    run = recurrent.scan if driver == "scan" else recurrent.stack
+
+    def loss(params, carry, xs):
+      final, ys = run(c, params, xs, initial_carry=carry, **options)
+      return jnp.sum(ys) + sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(final))
+
+    return jax.grad(loss, argnums=(0, 1, 2))(params, carry, xs)
+
+  d_params, d_carry, d_xs = grads(cell)
+  assert jax.tree.structure(d_params) == jax.tree.structure(params)
+  for g, p in zip(jax.tree.leaves(d_params), jax.tree.leaves(params)):
+    assert g.shape == p.shape and g.dtype == p.dtype
+    np.testing.assert_array_equal(g, 0.0)
+  assert d_xs.shape == xs.shape
+  for g, c in zip(jax.tree.leaves(d_carry), jax.tree.leaves(carry)):
+    np.testing.assert_allclose(g, jnp.cos(c), rtol=1e-6)
+  plain = grads(cell._replace(fast=None))
+  for got, want in zip(jax.tree.leaves((d_params, d_carry, d_xs)), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(got, want)
+
+
 def _plain_gate_dots(x, w, num_gates):
   """The reference: one plain matmul per gate, differentiated by JAX."""
   hidden = w.shape[-1] // num_gates

@@ -13,7 +13,7 @@ recurrent mask per gate and :func:`recurrent.trace`.
 """
 
 from recurrent.fused.layouts import Plan
-from recurrent.fused.loops import hold
+from recurrent.fused.loops import hold, vary_like, varying_axes
 from recurrent.fused.vjp import recurrence
 
-__all__ = ["Plan", "hold", "recurrence"]
+__all__ = ["Plan", "hold", "recurrence", "vary_like", "varying_axes"]

@@ -222,6 +222,7 @@ def forward(fast, plan: Plan, w_ih, xs, in_mask, w_hh, extra, carry, valid, mask
   zeros = None
   if chunk is not None:
     zeros = to_out(jnp.zeros(xs.shape[:-1] + w_hh.shape[:1], carry.h.dtype), plan.batch_major)
+    zeros = loops.vary_like(zeros, loops.varying_axes(xs, carry))  # the loop writes over it
   final, ys, h_dtype = _in_chunks(
     functools.partial(_primal, lay.recur, axis=lay.axis, reverse=plan.reverse, unroll=plan.unroll),
     lay, chunk, zeros, len(batch_shape) if plan.batch_major else 0, plan.reverse,

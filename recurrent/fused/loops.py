@@ -22,6 +22,35 @@ def hold(valid_t, new, old, outputs):
   return new, jax.tree.map(lambda y: jnp.where(valid_t, y, jnp.zeros_like(y)), outputs)
 
 
+def varying_axes(*trees) -> frozenset:
+  """The ``shard_map`` mesh axes any leaf of ``trees`` varies over (its type's manual axis
+  type; ``vma`` in JAX before 0.10); none outside ``shard_map`` or without ``check_vma``."""
+  axes = set()
+  for leaf in jax.tree.leaves(trees):
+    aval = jax.typeof(leaf) if hasattr(jax, "typeof") else None
+    mat = getattr(aval, "mat", None)
+    axes.update(mat.varying if mat is not None else getattr(aval, "vma", ()))
+  return frozenset(axes)
+
+
+def vary_like(tree, axes: frozenset):
+  """``tree`` with every leaf varying over the mesh ``axes`` too, so that a loop's carry
+  has the type its body returns where the inputs vary over a ``shard_map`` axis (with
+  ``check_vma``): a zero carry does not vary, a body reading the inputs does."""
+  if not axes:
+    return tree
+
+  def cast(leaf):
+    missing = tuple(a for a in axes if a not in varying_axes(leaf))
+    if not missing:
+      return leaf
+    if hasattr(jax.lax, "pcast"):
+      return jax.lax.pcast(leaf, missing, to="varying")
+    return jax.lax.pvary(leaf, missing)  # JAX before pcast
+
+  return jax.tree.map(cast, tree)
+
+
 def step(pointwise, extra, carry, xp_t, hh, valid_t):
   """One step after the recurrent matmul."""
   new, h, _ = pointwise(extra, carry, xp_t, hh)

@@ -29,7 +29,7 @@ def feature_major(batch: int, width: int) -> bool:
 
   On XLA:CPU ``h [B, H] @ w_hh`` can run well below the matmul peak when the batch is
   small, and the transposed product puts the large dimension G*H where the batch was.
-  Measured (``benchmarks/feature_major.py``, feature-major time over batch-major): on a
+  Measured (the performance page's measured rules, feature-major time over batch-major): on a
   2-vCPU Zen 4 host 0.81-0.89 at H=1024 and B=16-32, but 0.91-1.16 at B=8 or 48 and
   0.98-1.60 at H=256-512; on a slower 2-vCPU EPYC host 0.44-0.52 at H=1024 (B=16-32).
   Hence only where it paid on both: B from 16 to 32 and a matmul width G*H of at least
@@ -42,7 +42,7 @@ def unbatched(batch_shape: tuple) -> bool:
   """Whether ``'auto'`` runs the forward alone on arrays without their batch dims,
   carries ``[H]``: for a batch of one sequence (at least one batch dim, all 1), on the CPU.
 
-  Measured (``benchmarks/batch_of_one.py``, time over the ``[1, H]`` loop, 2-vCPU Zen 4
+  Measured (the performance page's measured rules, time over the ``[1, H]`` loop, 2-vCPU Zen 4
   host): 0.94-0.98 (LSTM) and 0.97-0.98 (GRU) at (B, T, I, H) = (1, 1000, 64, 128) in
   seven runs, 0.97-0.99 at (1, 200, 128, 256). Under ``grad`` it was slower, so it never
   applies there.
