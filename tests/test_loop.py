@@ -491,7 +491,7 @@ def ptb_runs(ptb_dir, tmp_path_factory):
     counting = _Counting(monkeypatch)
     for train_steps in (steps_per_epoch + 4, 2 * steps_per_epoch + 4):
       config.train_steps = train_steps
-      result = train(config, workdir)
+      result = train(config, workdir, allow_changes=True)  # the second run: more steps
       runs.append(
         {
           "result": result,

@@ -5,16 +5,21 @@ CONFIG is a built-in config, NAME or NAME:VARIANT (adding, copy, chars, ptb: ``-
 ptb:zaremba_small``), or a config file of your own, FILE or FILE:VARIANT (``--config
 path/to/mine.py:tiny``); without it, it trains the default config, an LSTM on the adding
 problem.
+
+A user error (a bad config value, a missing or unreadable data file, a workdir that cannot
+be written, a config changed in a workdir) prints one line, ``error: ...``, naming the field
+or the file, and exits with status 2; ``--debug`` shows the traceback instead.
 """
 
 import pathlib
+import sys
 import textwrap
 
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags as _ml_config_flags
 
 from recurrent.train import configs
-from recurrent.train.config import fields
+from recurrent.train.config import UserError, fields
 from recurrent.train.loop import train_and_evaluate
 from recurrent.train.records import MetricsLog
 
@@ -72,22 +77,54 @@ distributed_flag = flags.DEFINE_bool(
 )
 num_processes_flag = flags.DEFINE_integer("num_processes", None, "With --distributed.")
 process_id_flag = flags.DEFINE_integer("process_id", None, "With --distributed.")
+allow_changes_flag = flags.DEFINE_bool(
+  "allow_changes",
+  False,
+  "Continue the run in --workdir with a config that differs from its config.json (say, a"
+  " new learning_rate or more train_steps). Fields that change the checkpoint's shapes or"
+  " the data (task, data_dir, seed, seq_len, cell, hidden_size, num_layers, embed_size,"
+  " batch_size, ...) cannot change even so; progress, max_train_minutes, mc_chunk,"
+  " checkpoint_every, keep_checkpoints and download may change without it.",
+)
+debug_flag = flags.DEFINE_bool(
+  "debug", False, "On a user error, show the traceback instead of the one-line message."
+)
+
+
+def _error_line(error: BaseException) -> str:
+  """One line for a user error: its message, or an OSError's reason and file."""
+  if isinstance(error, OSError) and not isinstance(error, UserError) and error.strerror:
+    files = [f for f in (error.filename, error.filename2) if f is not None]
+    return f"{error.strerror}: {' -> '.join(str(f) for f in files)}" if files else error.strerror
+  return " ".join(str(error).split("\n")).strip() or type(error).__name__
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-  if distributed_flag.value:
-    import jax
+  try:
+    _main()
+  except (UserError, OSError) as e:  # what the user gave: config, data files, workdir
+    if debug_flag.value:
+      raise
+    print(f"error: {_error_line(e)}", file=sys.stderr)
+    sys.exit(2)
 
+
+def _main():
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  import jax
+
+  if distributed_flag.value:
     jax.distributed.initialize(
       num_processes=num_processes_flag.value, process_id=process_id_flag.value
     )
   workdir = pathlib.Path(workdir_flag.value or f"runs/{config_flag.value.task}")
   log = workdir / "metrics.jsonl"
   before = MetricsLog.read(log)
-  result = train_and_evaluate(config_flag.value, workdir)
+  result = train_and_evaluate(config_flag.value, workdir, allow_changes=allow_changes_flag.value)
+  if jax.process_index() != 0:
+    return
   if before and MetricsLog.read(log) == before:  # nothing trained or evaluated: it was done
     print(f"already finished at step {int(result.state.step)}: nothing to do in {workdir}")
     print(f"results: {log}, {workdir / 'curves.png'}; the last evaluations:")

@@ -4,11 +4,34 @@ The configs in :mod:`recurrent.train.configs` start from :func:`base_config` and
 their task needs; :func:`validate` refuses a config with a field that is not here, a value of
 the wrong type, or an impossible value, naming the field. :func:`fields` lists the fields
 with their defaults and meanings (``python -m recurrent.train --help`` prints them).
+
+A run continued in a workdir compares its config with the workdir's ``config.json``
+(:func:`changes`): the fields of :data:`RUNTIME_FIELDS` may change freely, those of
+:data:`FIXED_FIELDS` never, and the others only when asked (``--allow_changes``).
 """
 
 import math
 
 import ml_collections
+
+
+class UserError(ValueError):
+  """A mistake in what the user gave (a config value, a data file, a workdir): the CLI
+  prints its message, one line naming the field or file, instead of a traceback."""
+
+
+class ConfigChangeError(UserError):
+  """A run continued in a workdir with a config other than the one it was trained with.
+
+  Attributes:
+    changes: ``[(field, saved, new), ...]``, every field that differs (runtime knobs apart).
+    fixed: the fields among them that no run may change in a workdir.
+  """
+
+  def __init__(self, message: str, changes: list, fixed: list):
+    super().__init__(message)
+    self.changes, self.fixed = changes, fixed
+
 
 TASKS = ("adding", "copy", "ptb", "chars")
 CELLS = ("lstm", "gru")
@@ -144,12 +167,74 @@ _CHOICES = {
 }
 
 
+# How the fields may change between the runs of one workdir (see :func:`changes`).
+# Runtime knobs: how a run goes, not what it computes; never counted as changes.
+RUNTIME_FIELDS = (
+  "download",
+  "progress",
+  "max_train_minutes",
+  "mc_chunk",
+  "checkpoint_every",
+  "keep_checkpoints",
+)
+# Never changed in a workdir, even with --allow_changes: they change the shapes of the
+# checkpointed params or carry (cell, sizes, vocabulary, batch) or the data the run trains
+# and evaluates on (task, files, seed, lengths, held-out examples), so the checkpoint or the
+# metrics before the change would not belong to the run after it.
+FIXED_FIELDS = (
+  "task",
+  "data_dir",
+  "seed",
+  "seq_len",
+  "copy_symbols",
+  "copy_alphabet",
+  "cell",
+  "hidden_size",
+  "num_layers",
+  "embed_size",
+  "batch_size",
+  "eval_examples",
+)
+# Changed with --allow_changes only if the optimiser state keeps its structure (adam to
+# sgd, clipping or weight decay switched on or off, a constant rate to a schedule do not).
+OPTIMIZER_FIELDS = (
+  "optimizer",
+  "max_grad_norm",
+  "weight_decay",
+  "weight_decay_kind",
+  "lr_schedule",
+)
+
+
+def changes(saved: dict, config: ml_collections.ConfigDict) -> list:
+  """``[(field, saved_value, new_value), ...]``: the fields of ``config`` that differ from
+  ``saved`` (a workdir's ``config.json``), in :func:`base_config`'s order, the fields of
+  :data:`RUNTIME_FIELDS` apart. A field missing from ``saved`` counts as its default.
+
+  Example:
+    >>> saved = base_config().to_dict()
+    >>> c = base_config()
+    >>> c.learning_rate, c.progress = 0.01, False
+    >>> changes(saved, c)
+    [('learning_rate', 0.001, 0.01)]
+  """
+  defaults = base_config()
+  out = []
+  for name in defaults.keys():
+    if name in RUNTIME_FIELDS:
+      continue
+    old, new = saved.get(name, defaults[name]), config[name]
+    if old != new:
+      out.append((name, old, new))
+  return out
+
+
 def _type_name(value) -> str:
   return type(value).__name__
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-  """Raises ValueError naming the first bad field of ``config``.
+  """Raises :class:`UserError` (a ValueError) naming the first bad field of ``config``.
 
   Args:
     config: a config built from :func:`base_config`.
@@ -161,12 +246,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     >>> validate(c)
     Traceback (most recent call last):
     ...
-    ValueError: config.dropout must be in [0, 1), got 1.5
+    recurrent.train.config.UserError: config.dropout must be in [0, 1), got 1.5
   """
   base = base_config()
   unknown = sorted(set(config.keys()) - set(base.keys()))
   if unknown:
-    raise ValueError(f"config has unknown field(s) {unknown}; known fields: {sorted(base.keys())}")
+    raise UserError(f"config has unknown field(s) {unknown}; known fields: {sorted(base.keys())}")
   for name, default in base.items():
     value = config[name]
     ok = isinstance(value, type(default)) and not (
@@ -175,66 +260,66 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
       ok = True  # an int where a float is expected is fine (lr = 1)
     if not ok:
-      raise ValueError(
+      raise UserError(
         f"config.{name} must be {_type_name(default)}, got {value!r} ({_type_name(value)})"
       )
     if isinstance(value, float) and not math.isfinite(value):
-      raise ValueError(f"config.{name} must be finite, got {value}")
+      raise UserError(f"config.{name} must be finite, got {value}")
   for name, choices in _CHOICES.items():
     if config[name] not in choices:
-      raise ValueError(f"config.{name} must be one of {choices}, got {config[name]!r}")
+      raise UserError(f"config.{name} must be one of {choices}, got {config[name]!r}")
   for name in _POSITIVE:
     if config[name] <= 0:
-      raise ValueError(f"config.{name} must be > 0, got {config[name]}")
+      raise UserError(f"config.{name} must be > 0, got {config[name]}")
   for name in _NON_NEGATIVE:
     if config[name] < 0:
-      raise ValueError(f"config.{name} must be >= 0, got {config[name]}")
+      raise UserError(f"config.{name} must be >= 0, got {config[name]}")
   for name in _RATES:
     if not 0.0 <= config[name] < 1.0:
-      raise ValueError(f"config.{name} must be in [0, 1), got {config[name]}")
+      raise UserError(f"config.{name} must be in [0, 1), got {config[name]}")
   if config.learning_rate <= 0:
-    raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
+    raise UserError(f"config.learning_rate must be > 0, got {config.learning_rate}")
   if not 0.0 < config.lr_decay <= 1.0:
-    raise ValueError(f"config.lr_decay must be in (0, 1], got {config.lr_decay}")
+    raise UserError(f"config.lr_decay must be in (0, 1], got {config.lr_decay}")
   if config.lr_schedule == "step" and config.task not in ("ptb", "chars"):
-    raise ValueError(
+    raise UserError(
       f"config.lr_schedule='step' decays per epoch, which only language-model tasks have;"
       f" got task {config.task!r} (use 'cosine' or 'constant')"
     )
   if config.train_steps == 0 and config.epochs == 0:
-    raise ValueError("config.train_steps and config.epochs are both 0; set one of them")
+    raise UserError("config.train_steps and config.epochs are both 0; set one of them")
   if config.batch_size % num_devices:
-    raise ValueError(
+    raise UserError(
       f"config.batch_size ({config.batch_size}) must be divisible by the number of"
       f" devices ({num_devices})"
     )
   if config.dropout_kind == "naive" and config.recurrent_dropout > 0:
-    raise ValueError(
+    raise UserError(
       "config.recurrent_dropout must be 0 with dropout_kind='naive' (a new mask per step"
       f" on h_t is what Gal & Ghahramani show fails), got {config.recurrent_dropout}"
     )
   if config.untied_masks and config.dropout_kind != "variational":
-    raise ValueError(
+    raise UserError(
       f"config.untied_masks needs dropout_kind='variational', got {config.dropout_kind!r}"
     )
   if config.weight_decay_kind == "shrink" and config.optimizer == "adamw":
-    raise ValueError(
+    raise UserError(
       "config.weight_decay_kind='shrink' with optimizer='adamw' would decay twice; use"
       " 'adam' or weight_decay_kind='l2'"
     )
   if config.mc_samples and config.task == "adding":
-    raise ValueError(
+    raise UserError(
       "config.mc_samples averages softmax probabilities; task 'adding' is a regression"
       f" (got mc_samples={config.mc_samples})"
     )
   if config.loss_sum_over_time and config.task not in ("ptb", "chars"):
-    raise ValueError(
+    raise UserError(
       f"config.loss_sum_over_time is for language-model tasks, got task {config.task!r}"
     )
   if config.task in ("ptb", "chars") and not config.data_dir:
-    raise ValueError(f"config.data_dir must name the {config.task} data, got ''")
+    raise UserError(f"config.data_dir must name the {config.task} data, got ''")
   if config.task == "copy" and config.seq_len <= 2 * config.copy_symbols:
-    raise ValueError(
+    raise UserError(
       f"config.seq_len ({config.seq_len}) must exceed 2 * copy_symbols"
       f" ({2 * config.copy_symbols}) for the copy task"
     )

@@ -8,10 +8,22 @@ along its ``'data'`` axis and the params are replicated. The dropout rng of step
 ``fold_in(dropout_key, s)``; the model turns it into one key per sequence with
 ``fold_in(rng, example_id)`` (:func:`recurrent.sequence_keys`), so the masks of a run do
 not depend on how its batch is laid out or sharded.
+
+A run in a workdir that has checkpoints continues from the newest one that restores; one
+that does not (a file missing, truncated or not JSON) is moved aside to
+``checkpoints/<step>.corrupt-<n>``, with a warning, and the one before it is tried. Before
+anything is written, the config and the data are checked, and the config is compared with
+the workdir's ``config.json`` (:func:`check_config`). In a multi-process run only the first
+process writes the records (``config.json``, ``metrics.jsonl``, ``curves.png``,
+``sample.txt``) and shows progress; orbax writes the checkpoints from all processes.
 """
 
+import gc
+import json
 import pathlib
+import sys
 import time
+import traceback
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
@@ -25,7 +37,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from recurrent.train import config as _config
-from recurrent.train import records, sampling, tasks
+from recurrent.train import download, records, sampling, tasks, text
 
 
 class TrainState(train_state.TrainState):
@@ -274,6 +286,286 @@ def _restore(manager, step: int, state: TrainState, shardings) -> TrainState:
   )
 
 
+def _sync(name: str) -> None:
+  """A barrier across the processes of a multi-process run; nothing in a single process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether ``flag`` is true in any process (all processes must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _warn(message: str) -> None:
+  if jax.process_index() == 0:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def checkpoint_steps(directory) -> list:
+  """The steps of the checkpoint folders (named by their step) in ``directory``, sorted."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _shapes(tree) -> list:
+  return sorted(tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(tree))
+
+
+def _incompatible(manager, step: int, target) -> bool:
+  """Whether checkpoint ``step``'s metadata reads and describes arrays of other shapes than
+  ``target``'s: a checkpoint of another model, not a damaged one."""
+  try:
+    saved = manager.item_metadata(step)
+  except Exception:  # unreadable metadata: damaged
+    return False
+  return saved is not None and _shapes(saved) != _shapes(target)
+
+
+def _move_aside(path: pathlib.Path) -> pathlib.Path:
+  """Renames ``path`` to ``<name>.corrupt-<n>`` beside it, the first free ``n``."""
+  n = 1
+  while path.with_name(f"{path.name}.corrupt-{n}").exists():
+    n += 1
+  aside = path.with_name(f"{path.name}.corrupt-{n}")
+  path.rename(aside)
+  return aside
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  """``Type: first line`` of ``error``'s root cause (TensorStore's reason, under orbax's)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  line = next((x for x in str(error).splitlines() if x.strip()), "")
+  line = line if len(line) <= limit else line[: limit - 3] + "..."
+  return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+class _QuietFailedReads:
+  """Drops the "Exception ignored" reports that a failed orbax restore leaves behind (its
+  other reads, cancelled, raise as they are collected; TensorStore's callbacks find the
+  event loop closed) while it is entered; after a failure (``failed = True``) it waits for
+  and collects them before it exits. Other reports pass on."""
+
+  failed = False
+
+  def _hook(self, report):
+    frames = traceback.extract_tb(report.exc_traceback) if report.exc_traceback else []
+    code = getattr(report.object, "cr_code", None)
+    leftover = (
+      str(report.exc_value) == "Event loop is closed"
+      or any("orbax" in pathlib.Path(f.filename).parts for f in frames)
+      or (code is not None and "orbax" in pathlib.Path(code.co_filename).parts)
+    )
+    if not leftover:
+      self._previous(report)
+
+  def __enter__(self):
+    self._previous, sys.unraisablehook = sys.unraisablehook, self._hook
+    return self
+
+  def __exit__(self, *exc_info):
+    try:
+      if self.failed:
+        time.sleep(0.1)  # the cancelled reads' callbacks
+        gc.collect()
+    finally:
+      sys.unraisablehook = self._previous
+
+
+def restore_latest(directory, options, state: TrainState, shardings):
+  """Opens the ``orbax.checkpoint.CheckpointManager`` of ``directory`` and restores the
+  newest checkpoint that restores into ``state``'s shapes and ``shardings``.
+
+  A checkpoint that fails to restore (a data file missing or truncated, metadata that is
+  not JSON) is renamed ``<step>.corrupt-<n>`` in ``directory`` (kept, and no longer listed
+  by orbax) with a one-line warning on stderr, and the previous one is tried.
+
+  Returns:
+    ``(manager, state, step)``: the manager (reopened after any move), the restored state
+    and its step; ``state`` itself and step 0 if no checkpoint restores.
+
+  Raises:
+    UserError: a checkpoint reads but holds arrays of other shapes than ``state`` (it was
+      written for another model or optimiser); nothing is moved.
+  """
+  directory = pathlib.Path(directory)
+  moved = False
+  while True:
+    manager = ocp.CheckpointManager(directory, options=options)
+    step = manager.latest_step()
+    if step is None:
+      if moved:
+        _warn("no checkpoint left that restores: training from step 0")
+      return manager, state, 0
+    reason = None
+    with _QuietFailedReads() as quiet:
+      try:
+        restored = _restore(manager, step, state, shardings)
+      except Exception as e:  # orbax and TensorStore raise many types for damaged files
+        reason, quiet.failed = _first_line(e), True
+    if not _any_process(reason is not None):
+      if moved:
+        _warn(f"resuming from the checkpoint at step {step}")
+      return manager, restored, step
+    path = directory / str(step)
+    if reason is not None and _incompatible(manager, step, _checkpointable(state)):
+      manager.close()
+      raise _config.UserError(
+        f"checkpoint {path} holds arrays of other shapes than this config's model and"
+        " optimiser: the workdir was trained with another config; use a new workdir"
+      )
+    manager.close()
+    if jax.process_index() == 0:
+      aside = _move_aside(path)
+      reason = reason or "it failed in another process"
+      _warn(f"checkpoint at step {step} ({path}) does not restore ({reason}); moved it to {aside}")
+    _sync(f"recurrent.train: checkpoint {step} moved aside")
+    moved = True
+
+
+def _optimizer_structure(config):
+  """The tree structure of ``config``'s optimiser state (independent of the params' shapes)."""
+  tx = make_optimizer(config, 1, 1)
+  return jax.tree.structure(jax.eval_shape(tx.init, {"w": jax.ShapeDtypeStruct((1,), jnp.float32)}))
+
+
+def _value(value) -> str:
+  return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_config(workdir, config, total_steps: int, allow_changes: bool = False) -> list:
+  """Checks ``config`` against the config a workdir with checkpoints was trained with.
+
+  Reads ``workdir/config.json`` only (it writes nothing). The fields of
+  :data:`recurrent.train.config.RUNTIME_FIELDS` (``progress``, ``max_train_minutes``, ...)
+  never count; a change of another field is refused unless ``allow_changes``; a change of
+  :data:`~recurrent.train.config.FIXED_FIELDS`, or of the optimiser fields that gives the
+  optimiser state another structure, is refused even then. A workdir without checkpoints
+  has nothing to continue, so any config goes.
+
+  Returns:
+    ``[(field, saved, new), ...]``: the changes allowed by ``allow_changes``.
+
+  Raises:
+    ConfigChangeError: a refused change; the message lists every changed field as
+      ``name: saved -> new``.
+    UserError: ``config.json`` is not JSON, or the workdir has a checkpoint past
+      ``total_steps``.
+  """
+  workdir = pathlib.Path(workdir)
+  path = workdir / "config.json"
+  steps = checkpoint_steps(workdir / "checkpoints")
+  if not steps or not path.is_file():
+    return []
+  try:
+    saved = json.loads(path.read_text(encoding="utf-8"))
+  except ValueError as e:  # not UTF-8, or not JSON
+    raise _config.UserError(f"{path} does not read as a config ({_first_line(e)})") from None
+  changed = _config.changes(saved, config)
+  fixed = [name for name, _, _ in changed if name in _config.FIXED_FIELDS]
+  optimizer = [name for name, _, _ in changed if name in _config.OPTIMIZER_FIELDS]
+  if optimizer and not fixed:
+    base = _config.base_config().to_dict()
+    old = ml_collections.ConfigDict({**base, **{k: v for k, v in saved.items() if k in base}})
+    if _optimizer_structure(old) != _optimizer_structure(config):
+      fixed += optimizer
+  listing = ", ".join(f"{name}: {_value(old)} -> {_value(new)}" for name, old, new in changed)
+  head = f"workdir {workdir} was trained with another config (its config.json): {listing}"
+  if fixed:
+    raise _config.ConfigChangeError(
+      f"{head}; {', '.join(fixed)} cannot change in a workdir (the checkpoint's shapes or"
+      " the data would differ): use a new --workdir",
+      changed,
+      fixed,
+    )
+  if changed and not allow_changes:
+    raise _config.ConfigChangeError(
+      f"{head}; to continue the run with the new values pass --allow_changes"
+      " (train_and_evaluate(..., allow_changes=True)), or use a new --workdir",
+      changed,
+      [],
+    )
+  if steps[-1] > total_steps:
+    raise _config.UserError(
+      f"workdir {workdir} has a checkpoint at step {steps[-1]}, past this config's"
+      f" {total_steps} steps (train_steps, epochs): use a new --workdir or more steps"
+    )
+  return changed
+
+
+def _check_windows(config, splits: dict, unit: str) -> None:
+  """Raises UserError if a split of ``{description: ids}`` is too short for one window."""
+  need = config.batch_size * (config.seq_len + 1)
+  for where, ids in splits.items():
+    if len(ids) < need:
+      raise _config.UserError(
+        f"{where} has {len(ids)} {unit}, too few for one window of batch_size"
+        f" {config.batch_size} x (seq_len {config.seq_len} + 1) = {need}; give more text or"
+        " a smaller batch_size or seq_len"
+      )
+
+
+def load_task(config) -> tasks.Task:
+  """:func:`recurrent.train.tasks.make`, a language model's data checked first.
+
+  Raises:
+    OSError: a data file is missing or cannot be read (the message names it).
+    UserError: a data file is empty, not UTF-8, or too short for one window of
+      ``batch_size`` streams of ``seq_len + 1`` tokens (the message names it and the split).
+  """
+  if config.task == "chars":
+    path = pathlib.Path(config.data_dir).expanduser()
+    corpus = text.char_corpus(path)
+    _check_windows(
+      config,
+      {
+        f"{path} (its training split, the first 90%)": corpus.train,
+        f"{path} (its validation split, the last 10%)": corpus.valid,
+      },
+      "characters",
+    )
+    return tasks.language_model(config, corpus.train, corpus.valid, corpus.vocab)
+  if config.task == "ptb":
+    if config.download:
+      download.fetch_ptb(config.data_dir)
+    corpus = text.ptb(config.data_dir)
+    directory = pathlib.Path(config.data_dir).expanduser()
+    _check_windows(
+      config,
+      {directory / f"ptb.{split}.txt": getattr(corpus, split) for split in text.PTB_SPLITS},
+      "words",
+    )
+    return tasks.language_model(config, corpus.train, corpus.valid, corpus.vocab, corpus.test)
+  return tasks.make(config)
+
+
+def _write_config(workdir: pathlib.Path, config) -> None:
+  """Creates ``workdir`` and writes ``config.json``; on failure removes the folders it
+  created and raises UserError naming the workdir."""
+  created = [p for p in (workdir, *workdir.parents) if not p.exists()]
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    content = config.to_json(indent=2).encode()
+    records.write_atomically(workdir / "config.json", lambda f: f.write(content))
+  except OSError as e:
+    for folder in created:  # innermost first; only empty folders go
+      try:
+        folder.rmdir()
+      except OSError:
+        break
+    reason = e.strerror or _first_line(e)
+    raise _config.UserError(f"cannot write to the workdir {workdir}: {reason}") from e
+
+
 def _log_line(record: dict) -> str:
   fields = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()]
   return " ".join(fields)
@@ -284,30 +576,48 @@ def train_and_evaluate(
   workdir,
   *,
   devices: list | None = None,
+  allow_changes: bool = False,
 ) -> TrainResult:
   """Trains ``config``'s task in ``workdir``, resuming from its last checkpoint if any.
+
+  The config, the data and (in a workdir with checkpoints) the config's changes since the
+  workdir's ``config.json`` are checked before anything is written: a run refused leaves
+  the workdir as it was (and creates none). A checkpoint that does not restore is moved
+  aside and the previous one restores (:func:`restore_latest`).
 
   Args:
     config: a config from :mod:`recurrent.train.configs` or a file of your own (see
       :func:`recurrent.train.config.base_config`).
     workdir: folder for checkpoints, ``metrics.jsonl``, ``config.json`` and ``curves.png``.
     devices: the devices to shard the batch over; all of them by default.
+    allow_changes: continue a workdir's run with changed fields of its config (the CLI's
+      ``--allow_changes``); fields that change the checkpoint's shapes or the data are
+      refused even so (:func:`check_config`).
 
   Returns:
     A :class:`TrainResult` with the final state, the task and the last eval metrics.
+
+  Raises:
+    UserError: a bad config value, data file, workdir or config change, named in the
+      message (the CLI prints it as one line).
+    OSError: a data file or the workdir cannot be read.
   """
   from tqdm import tqdm
 
   devices = list(devices or jax.devices())
   _config.validate(config, len(devices))
+  primary = jax.process_index() == 0
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  records.write_atomically(
-    workdir / "config.json", lambda f: f.write(config.to_json(indent=2).encode())
-  )
-
-  task = tasks.make(config)
+  task = load_task(config)
   total_steps = config.epochs * task.steps_per_epoch if config.epochs else config.train_steps
+  changed = check_config(workdir, config, total_steps, allow_changes)
+  _sync("recurrent.train: config checked")  # every process read config.json before it changes
+  if primary:
+    _write_config(workdir, config)
+  if changed:
+    listing = ", ".join(f"{name}: {_value(old)} -> {_value(new)}" for name, old, new in changed)
+    _warn(f"continuing {workdir} with a changed config: {listing}")
+
   sharding = _sharding(devices)
   seed_key = jax.random.key(config.seed)
   init_key, dropout_key, eval_key = jax.random.split(seed_key, 3)
@@ -315,14 +625,13 @@ def train_and_evaluate(
   shardings = sharding.state(state)
   state = jax.device_put(state, shardings)
 
-  manager = ocp.CheckpointManager(
+  manager, state, start = restore_latest(
     (workdir / "checkpoints").absolute(),
-    options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+    ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+    state,
+    shardings,
   )
-  start = manager.latest_step() or 0
-  if start:
-    state = _restore(manager, start, state, shardings)
-  log = records.MetricsLog(workdir / "metrics.jsonl", resume_step=start)
+  log = records.MetricsLog(workdir / "metrics.jsonl", resume_step=start, writes=primary)
 
   train_step = jax.jit(
     make_train_step(task),
@@ -348,10 +657,14 @@ def train_and_evaluate(
       return None
     return jax.device_put(_zeros_like(state.carry), sharding.batch)
 
+  def say(line: str) -> None:
+    if primary:
+      bar.write(line)
+
   def log_evaluation(step: int, name: str, metrics: dict) -> dict:
     record = {"step": step, "split": name, **metrics}
     log.write(record)
-    bar.write(_log_line(record))
+    say(_log_line(record))
     return {name: metrics}
 
   def run_evaluation(step: int, batches: Callable, name: str) -> dict:
@@ -363,14 +676,19 @@ def train_and_evaluate(
     """MC dropout on ``batches()`` over ``config.mc_samples`` passes; logs it."""
     n, chunk = config.mc_samples, min(config.mc_chunk, config.mc_samples)
     count = sum(1 for _ in batches()) * -(-n // chunk)
-    with tqdm(total=count, desc=f"MC {name}", disable=not config.progress, leave=False) as mc_bar:
+    show = config.progress and primary
+    with tqdm(total=count, desc=f"MC {name}", disable=not show, leave=False) as mc_bar:
       metrics = mc_evaluate(
         state, batches, task, sharding, mc_step, eval_key, zero_carry(), n, chunk, mc_bar
       )
     return log_evaluation(step, name + "_mc", {**metrics, "samples": n})
 
   bar = tqdm(
-    total=total_steps, initial=start, disable=not config.progress, unit="step", dynamic_ncols=True
+    total=total_steps,
+    initial=start,
+    disable=not (config.progress and primary),
+    unit="step",
+    dynamic_ncols=True,
   )
   pending, started = [], time.perf_counter()
   deadline = time.perf_counter() + 60 * config.max_train_minutes
@@ -385,8 +703,11 @@ def train_and_evaluate(
     bar.update(1)
     # A spent time budget pauses the run: this step is logged, evaluated and saved, and a
     # rerun continues from it; the end-of-run evaluations wait for the last step.
+    # (In a multi-process run all processes pause together, when the first one is due.)
     paused = (
-      bool(config.max_train_minutes) and time.perf_counter() > deadline and done < total_steps
+      bool(config.max_train_minutes)
+      and done < total_steps
+      and _any_process(time.perf_counter() > deadline)
     )
     last = done == total_steps or paused
     if done % config.log_every == 0 or last:
@@ -409,21 +730,20 @@ def train_and_evaluate(
   manager.wait_until_finished()
   manager.close()
   if paused:
-    records.plot(
-      records.MetricsLog.read(log.path), workdir / "curves.png", task.metric, config, task.baselines
-    )
-    bar.write(
+    if primary:
+      records.plot(log.records, workdir / "curves.png", task.metric, config, task.baselines)
+    say(
       f"paused at step {int(state.step)} of {total_steps} (max_train_minutes); run the same"
       " command again to continue"
     )
-    last_eval = [r for r in records.MetricsLog.read(log.path) if r["split"] == "eval"][-1]
+    last_eval = [r for r in log.records if r["split"] == "eval"][-1]
     return TrainResult(
       state, task, {"eval": {k: v for k, v in last_eval.items() if k not in ("step", "split")}}
     )
   # The last evaluations, from the log: a rerun of a finished run evaluates nothing again.
   final = {
     r["split"]: {k: v for k, v in r.items() if k not in ("step", "split")}
-    for r in records.MetricsLog.read(log.path)
+    for r in log.records
     if r["step"] == total_steps and r["split"] != "train"
   }
   for name, batches in (("eval", task.eval_batches), ("test", task.test_batches)):
@@ -431,13 +751,13 @@ def train_and_evaluate(
       final.update(run_evaluation(total_steps, batches, name))
     if batches is not None and config.mc_samples and name + "_mc" not in final:
       final.update(run_mc_evaluation(total_steps, batches, name))
-  records.plot(
-    records.MetricsLog.read(log.path), workdir / "curves.png", task.metric, config, task.baselines
-  )
+  if primary:
+    records.plot(log.records, workdir / "curves.png", task.metric, config, task.baselines)
   if config.sample_length and task.vocab is not None:
     prompt = task.train_batch(0)["inputs"][0, :1]
     tokens = sampling.sample(task.model, state.params, prompt, config.sample_length, eval_key)
-    text = task.vocab.decode(np.asarray(tokens))
-    records.write_atomically(workdir / "sample.txt", lambda f: f.write(text.encode()))
-    bar.write(f"sample: {text}")
+    sampled = task.vocab.decode(np.asarray(tokens))
+    if primary:
+      records.write_atomically(workdir / "sample.txt", lambda f: f.write(sampled.encode()))
+    say(f"sample: {sampled}")
   return TrainResult(state, task, final)

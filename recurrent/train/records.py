@@ -49,13 +49,21 @@ class MetricsLog:
   Opening the log of a resumed run keeps only the complete lines up to the resumed step
   (a killed run may have logged past its last checkpoint, or died mid-line), so the
   finished log reads as if the run had never stopped.
+
+  Attributes:
+    path: the file.
+    records: the records kept on opening and those written since, in order.
+    writes: whether this process writes the file. In a multi-process run only the primary
+      process does; the others keep the same ``records`` in memory (the file's records up
+      to ``resume_step`` are the same before and after the primary rewrites it).
   """
 
-  def __init__(self, path: pathlib.Path, resume_step: int = 0):
-    self.path = pathlib.Path(path)
-    kept = [r for r in self.read(self.path) if r["step"] <= resume_step]
-    text = "".join(json.dumps(r) + "\n" for r in kept).encode()
-    write_atomically(self.path, lambda f: f.write(text))
+  def __init__(self, path: pathlib.Path, resume_step: int = 0, *, writes: bool = True):
+    self.path, self.writes = pathlib.Path(path), writes
+    self.records = [r for r in self.read(self.path) if r["step"] <= resume_step]
+    if writes:
+      text = "".join(json.dumps(r) + "\n" for r in self.records).encode()
+      write_atomically(self.path, lambda f: f.write(text))
 
   @staticmethod
   def read(path: pathlib.Path) -> list:
@@ -72,8 +80,12 @@ class MetricsLog:
     return records
 
   def write(self, record: dict) -> None:
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    """Appends ``record`` to ``records`` (as the file would read back) and, if this
+    process ``writes``, to the file."""
+    self.records.append(json.loads(json.dumps(record)))
+    if self.writes:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 _SPLITS = {  # how each split is drawn: train thin and light, evaluations solid or dashed

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from recurrent.train.config import UserError
+
 EOS = "<eos>"
 PTB_SPLITS = ("train", "valid", "test")
 
@@ -115,6 +117,21 @@ def char_vocabulary(text: str) -> Vocabulary:
   return Vocabulary(tuple(sorted(set(text))), separator="")
 
 
+def _read_text(path: pathlib.Path, newline: str | None = None) -> str:
+  """The UTF-8 text of ``path``; ``newline`` as ``open`` takes it (``""``: as on disk).
+
+  Raises:
+    UserError: the file is not UTF-8, naming it and the first bad byte's offset.
+  """
+  with open(path, encoding="utf-8", newline=newline) as f:
+    try:
+      return f.read()
+    except UnicodeDecodeError as e:
+      raise UserError(
+        f"{path} is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start} ({e.reason})"
+      ) from None
+
+
 class PTB(NamedTuple):
   """Penn Treebank as int32 ids ``[N]`` per split (929,589 / 73,760 / 82,430 tokens)."""
 
@@ -137,7 +154,8 @@ def ptb(directory) -> PTB:
 
   Raises:
     FileNotFoundError: a file is missing.
-    ValueError: the validation or test split has words the training split lacks.
+    UserError: a file is not UTF-8 text, or the validation or test split has words the
+      training split lacks.
   """
   directory = pathlib.Path(directory).expanduser()
   split_words = {}
@@ -148,14 +166,16 @@ def ptb(directory) -> PTB:
         f"directory {directory} has no {path.name}; expected ptb.train.txt, ptb.valid.txt "
         "and ptb.test.txt (recurrent.train.download.fetch_ptb downloads them)"
       )
-    split_words[split] = words(path.read_text(encoding="utf-8"))
+    split_words[split] = words(_read_text(path))
   vocab = word_vocabulary(split_words["train"])
   ids = {}
   for split, tokens in split_words.items():
     try:
       ids[split] = vocab.encode(tokens)
     except ValueError as e:
-      raise ValueError(f"ptb.{split}.txt has words that ptb.train.txt lacks: {e}") from None
+      raise UserError(
+        f"{directory / f'ptb.{split}.txt'} has words that ptb.train.txt lacks: {e}"
+      ) from None
   return PTB(vocab, **ids)
 
 
@@ -181,13 +201,17 @@ def char_corpus(path, valid_fraction: float = 0.1) -> CharCorpus:
 
   Returns:
     :class:`CharCorpus` with ids ``int32 [N]``.
+
+  Raises:
+    OSError: the file cannot be read (missing, a directory, no permission).
+    UserError: the file is empty or not UTF-8 text (the message names the file and the
+      first bad byte).
   """
   if not 0.0 <= valid_fraction < 1.0:
     raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
-  with open(pathlib.Path(path).expanduser(), encoding="utf-8", newline="") as f:
-    text = f.read()
+  text = _read_text(pathlib.Path(path).expanduser(), newline="")
   if not text:
-    raise ValueError(f"path {path} is an empty file; expected some text")
+    raise UserError(f"path {path} is an empty file; expected some text")
   vocab = char_vocabulary(text)
   ids = vocab.encode(text)
   n_train = int(len(ids) * (1.0 - valid_fraction))
