@@ -1,7 +1,6 @@
-"""Character-level language model on any text file (tiny-shakespeare by default).
+"""Character-level language model on any text file (e.g. tiny-shakespeare's input.txt).
 
-    python -m recurrent.train --config chars \
-        --config.data_dir=../shared/data/tinyshakespeare/input.txt --workdir runs/chars
+    python -m recurrent.train --config chars --config.data_dir=input.txt --workdir runs/chars
 """
 
 from recurrent.train.config import base_config
