@@ -18,12 +18,9 @@ process writes the records (``config.json``, ``metrics.jsonl``, ``curves.png``,
 ``sample.txt``) and shows progress; orbax writes the checkpoints from all processes.
 """
 
-import gc
 import json
 import pathlib
-import sys
 import time
-import traceback
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
@@ -38,6 +35,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from recurrent.train import config as _config
 from recurrent.train import download, records, sampling, tasks, text
+from recurrent.train.checkpoints import (
+  any_process,
+  checkpoint_steps,
+  checkpointable,
+  first_line,
+  restore_latest,
+  sync,
+  warn,
+)
 
 
 class TrainState(train_state.TrainState):
@@ -263,175 +269,6 @@ def mc_evaluate(state, batches, task, sharding, mc_step, key, carry, num_samples
   return task.metrics(float(-(log_mean * w).sum() / w.sum()))
 
 
-def _checkpointable(state: TrainState) -> dict:
-  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
-  if state.carry is not None:
-    tree["carry"] = state.carry
-  return tree
-
-
-def _restore(manager, step: int, state: TrainState, shardings) -> TrainState:
-  target = _checkpointable(state)
-  abstract = jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    target,
-    _checkpointable(shardings),
-  )
-  tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  return state.replace(
-    step=tree["step"],
-    params=tree["params"],
-    opt_state=tree["opt_state"],
-    carry=tree.get("carry"),
-  )
-
-
-def _sync(name: str) -> None:
-  """A barrier across the processes of a multi-process run; nothing in a single process."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
-
-
-def _any_process(flag: bool) -> bool:
-  """Whether ``flag`` is true in any process (all processes must call it)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-
-
-def _warn(message: str) -> None:
-  if jax.process_index() == 0:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def checkpoint_steps(directory) -> list:
-  """The steps of the checkpoint folders (named by their step) in ``directory``, sorted."""
-  directory = pathlib.Path(directory)
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def _shapes(tree) -> list:
-  return sorted(tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(tree))
-
-
-def _incompatible(manager, step: int, target) -> bool:
-  """Whether checkpoint ``step``'s metadata reads and describes arrays of other shapes than
-  ``target``'s: a checkpoint of another model, not a damaged one."""
-  try:
-    saved = manager.item_metadata(step)
-  except Exception:  # unreadable metadata: damaged
-    return False
-  return saved is not None and _shapes(saved) != _shapes(target)
-
-
-def _move_aside(path: pathlib.Path) -> pathlib.Path:
-  """Renames ``path`` to ``<name>.corrupt-<n>`` beside it, the first free ``n``."""
-  n = 1
-  while path.with_name(f"{path.name}.corrupt-{n}").exists():
-    n += 1
-  aside = path.with_name(f"{path.name}.corrupt-{n}")
-  path.rename(aside)
-  return aside
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-  """``Type: first line`` of ``error``'s root cause (TensorStore's reason, under orbax's)."""
-  while error.__cause__ is not None:
-    error = error.__cause__
-  line = next((x for x in str(error).splitlines() if x.strip()), "")
-  line = line if len(line) <= limit else line[: limit - 3] + "..."
-  return f"{type(error).__name__}: {line}" if line else type(error).__name__
-
-
-class _QuietFailedReads:
-  """Drops the "Exception ignored" reports that a failed orbax restore leaves behind (its
-  other reads, cancelled, raise as they are collected; TensorStore's callbacks find the
-  event loop closed) while it is entered; after a failure (``failed = True``) it waits for
-  and collects them before it exits. Other reports pass on."""
-
-  failed = False
-
-  def _hook(self, report):
-    frames = traceback.extract_tb(report.exc_traceback) if report.exc_traceback else []
-    code = getattr(report.object, "cr_code", None)
-    leftover = (
-      str(report.exc_value) == "Event loop is closed"
-      or any("orbax" in pathlib.Path(f.filename).parts for f in frames)
-      or (code is not None and "orbax" in pathlib.Path(code.co_filename).parts)
-    )
-    if not leftover:
-      self._previous(report)
-
-  def __enter__(self):
-    self._previous, sys.unraisablehook = sys.unraisablehook, self._hook
-    return self
-
-  def __exit__(self, *exc_info):
-    try:
-      if self.failed:
-        time.sleep(0.1)  # the cancelled reads' callbacks
-        gc.collect()
-    finally:
-      sys.unraisablehook = self._previous
-
-
-def restore_latest(directory, options, state: TrainState, shardings):
-  """Opens the ``orbax.checkpoint.CheckpointManager`` of ``directory`` and restores the
-  newest checkpoint that restores into ``state``'s shapes and ``shardings``.
-
-  A checkpoint that fails to restore (a data file missing or truncated, metadata that is
-  not JSON) is renamed ``<step>.corrupt-<n>`` in ``directory`` (kept, and no longer listed
-  by orbax) with a one-line warning on stderr, and the previous one is tried.
-
-  Returns:
-    ``(manager, state, step)``: the manager (reopened after any move), the restored state
-    and its step; ``state`` itself and step 0 if no checkpoint restores.
-
-  Raises:
-    UserError: a checkpoint reads but holds arrays of other shapes than ``state`` (it was
-      written for another model or optimiser); nothing is moved.
-  """
-  directory = pathlib.Path(directory)
-  moved = False
-  while True:
-    manager = ocp.CheckpointManager(directory, options=options)
-    step = manager.latest_step()
-    if step is None:
-      if moved:
-        _warn("no checkpoint left that restores: training from step 0")
-      return manager, state, 0
-    reason = None
-    with _QuietFailedReads() as quiet:
-      try:
-        restored = _restore(manager, step, state, shardings)
-      except Exception as e:  # orbax and TensorStore raise many types for damaged files
-        reason, quiet.failed = _first_line(e), True
-    if not _any_process(reason is not None):
-      if moved:
-        _warn(f"resuming from the checkpoint at step {step}")
-      return manager, restored, step
-    path = directory / str(step)
-    if reason is not None and _incompatible(manager, step, _checkpointable(state)):
-      manager.close()
-      raise _config.UserError(
-        f"checkpoint {path} holds arrays of other shapes than this config's model and"
-        " optimiser: the workdir was trained with another config; use a new workdir"
-      )
-    manager.close()
-    if jax.process_index() == 0:
-      aside = _move_aside(path)
-      reason = reason or "it failed in another process"
-      _warn(f"checkpoint at step {step} ({path}) does not restore ({reason}); moved it to {aside}")
-    _sync(f"recurrent.train: checkpoint {step} moved aside")
-    moved = True
-
-
 def _optimizer_structure(config):
   """The tree structure of ``config``'s optimiser state (independent of the params' shapes)."""
   tx = make_optimizer(config, 1, 1)
@@ -469,7 +306,7 @@ def check_config(workdir, config, total_steps: int, allow_changes: bool = False)
   try:
     saved = json.loads(path.read_text(encoding="utf-8"))
   except ValueError as e:  # not UTF-8, or not JSON
-    raise _config.UserError(f"{path} does not read as a config ({_first_line(e)})") from None
+    raise _config.UserError(f"{path} does not read as a config ({first_line(e)})") from None
   changed = _config.changes(saved, config)
   fixed = [name for name, _, _ in changed if name in _config.FIXED_FIELDS]
   optimizer = [name for name, _, _ in changed if name in _config.OPTIMIZER_FIELDS]
@@ -562,7 +399,7 @@ def _write_config(workdir: pathlib.Path, config) -> None:
         folder.rmdir()
       except OSError:
         break
-    reason = e.strerror or _first_line(e)
+    reason = e.strerror or first_line(e)
     raise _config.UserError(f"cannot write to the workdir {workdir}: {reason}") from e
 
 
@@ -583,7 +420,7 @@ def train_and_evaluate(
   The config, the data and (in a workdir with checkpoints) the config's changes since the
   workdir's ``config.json`` are checked before anything is written: a run refused leaves
   the workdir as it was (and creates none). A checkpoint that does not restore is moved
-  aside and the previous one restores (:func:`restore_latest`).
+  aside and the previous one restores (:func:`recurrent.train.checkpoints.restore_latest`).
 
   Args:
     config: a config from :mod:`recurrent.train.configs` or a file of your own (see
@@ -611,12 +448,12 @@ def train_and_evaluate(
   task = load_task(config)
   total_steps = config.epochs * task.steps_per_epoch if config.epochs else config.train_steps
   changed = check_config(workdir, config, total_steps, allow_changes)
-  _sync("recurrent.train: config checked")  # every process read config.json before it changes
+  sync("recurrent.train: config checked")  # every process read config.json before it changes
   if primary:
     _write_config(workdir, config)
   if changed:
     listing = ", ".join(f"{name}: {_value(old)} -> {_value(new)}" for name, old, new in changed)
-    _warn(f"continuing {workdir} with a changed config: {listing}")
+    warn(f"continuing {workdir} with a changed config: {listing}")
 
   sharding = _sharding(devices)
   seed_key = jax.random.key(config.seed)
@@ -707,7 +544,7 @@ def train_and_evaluate(
     paused = (
       bool(config.max_train_minutes)
       and done < total_steps
-      and _any_process(time.perf_counter() > deadline)
+      and any_process(time.perf_counter() > deadline)
     )
     last = done == total_steps or paused
     if done % config.log_every == 0 or last:
@@ -723,7 +560,7 @@ def train_and_evaluate(
       run_evaluation(done, task.eval_batches, "eval")
       started = time.perf_counter()  # tokens per second counts training only
     if done % config.checkpoint_every == 0 or last:
-      manager.save(done, args=ocp.args.StandardSave(_checkpointable(state)))
+      manager.save(done, args=ocp.args.StandardSave(checkpointable(state)))
     if last:
       break
   bar.close()

@@ -1,6 +1,6 @@
 """Character-level language model on any text file (e.g. tiny-shakespeare's input.txt).
 
-    python -m recurrent.train --config chars --config.data_dir=input.txt --workdir runs/chars
+python -m recurrent.train --config chars --config.data_dir=input.txt --workdir runs/chars
 """
 
 from recurrent.train.config import base_config
