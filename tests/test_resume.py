@@ -243,7 +243,7 @@ def test_the_changes_allowed_keep_the_train_state_shapes():
   def shapes(config):
     task = tasks.make(config)._replace(train_batch=lambda step: batch)
     state = jax.eval_shape(lambda: loop.init_state(config, task, jax.random.key(0), 10))
-    tree = loop._checkpointable(state)
+    tree = loop.checkpointable(state)
     return jax.tree.structure(tree), [x.shape for x in jax.tree.leaves(tree)]
 
   want = shapes(base)

@@ -20,6 +20,8 @@ from recurrent.train import config as _config
 
 
 def checkpointable(state) -> dict:
+  """The tree of a ``TrainState`` that a checkpoint holds: step, params, optimiser state and
+  (for language models) the carry."""
   tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
   if state.carry is not None:
     tree["carry"] = state.carry
@@ -60,6 +62,7 @@ def any_process(flag: bool) -> bool:
 
 
 def warn(message: str) -> None:
+  """Prints ``warning: message`` to stderr, from process 0 only."""
   if jax.process_index() == 0:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
