@@ -10,6 +10,7 @@ import math
 import os
 import pathlib
 import secrets
+import textwrap
 from typing import Callable, Iterable, Mapping
 
 import ml_collections
@@ -224,7 +225,9 @@ def figure(
   for ax, name in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics):
     _panel(ax, records, name, baselines.get(name))
   if config is not None:
-    fig.suptitle(title(config), fontsize=10)
+    width = int(fig.get_figwidth() * 12)  # characters that fit at fontsize 10
+    lines = [part for line in title(config).splitlines() for part in textwrap.wrap(line, width)]
+    fig.suptitle("\n".join(lines), fontsize=10)
   return fig
 
 

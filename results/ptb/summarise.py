@@ -2,7 +2,8 @@
 
     python results/ptb/summarise.py  # prints the markdown table, draws docs/images/ptb_ablation.png
 
-Reads each ``results/ptb/<run>/{config.json,metrics.jsonl}``; nothing is typed in.
+Reads each ``results/ptb/<run>/{config.json,metrics.jsonl}``; nothing is typed in. Also
+redraws each run's ``curves.png`` with :func:`recurrent.train.records.plot`.
 """
 
 import json
@@ -97,6 +98,20 @@ def plot_ablation(path):
   fig.savefig(path, dpi=110)
 
 
+def redraw_curves():
+  import ml_collections
+
+  from recurrent.train import config as config_lib
+  from recurrent.train import records
+
+  for folder in sorted(p for p in HERE.iterdir() if (p / "metrics.jsonl").exists()):
+    saved, log = load(folder.name)
+    config = config_lib.base_config()
+    config.update({k: v for k, v in saved.items() if k in config})
+    records.plot(log, folder / "curves.png", "perplexity", ml_collections.ConfigDict(config))
+
+
 if __name__ == "__main__":
+  redraw_curves()
   print(table())
   plot_ablation(HERE.parents[1] / "docs" / "images" / "ptb_ablation.png")
