@@ -8,7 +8,8 @@ and forward+backward (the gradient of ``sum(outputs * R)``, R a fixed random ``[
 with respect to params AND inputs) of:
 
 * ``recurrent``: ``recurrent.scan(recurrent.lstm(H), params, xs)`` under ``jax.jit`` (with
-  ``--unroll K``, also ``rec-uK``: the same with ``lax.scan``'s ``unroll=K``);
+  ``--unroll K``, also ``rec-uK``: the same with ``lax.scan``'s ``unroll=K``, and with
+  ``--remat K``, ``rec-rK``: the same with ``remat_every=K``);
 * ``rec+dropout``: the same with ``dropout=0.25, recurrent_dropout=0.25`` and one key per
   sequence from ``recurrent.sequence_keys``;
 * ``flax`` / ``flax-opt``: ``nn.RNN(nn.LSTMCell(H))`` / ``nn.RNN(nn.OptimizedLSTMCell(H))``
@@ -112,6 +113,8 @@ IMPLS = (
   "jax-rnn",
 )
 REFERENCES = ("torch", "flax", "keras", "jax-rnn")
+# Variants of recurrent, named by an option and its value: rec-uK (unroll), rec-rK (remat_every).
+VARIANTS = ("rec-u", "rec-r")
 # Settings of a full run and of --smoke (each overridden by its flag).
 FULL = {"shapes": DEFAULT_SHAPES, "repeats": 25, "row_seconds": 10.0, "compile_samples": 3}
 SMOKE = {"shapes": ((4, 10, 8, 16),), "repeats": 3, "row_seconds": 1.0, "compile_samples": 0}
@@ -130,6 +133,7 @@ class Setup:
   keras: object  # the keras module, or None
   compile_samples: int
   unrolls: tuple = ()
+  remats: tuple = ()
 
   def torch_sync(self):
     if self.torch_device == "cuda":
@@ -177,8 +181,16 @@ def compile_timed(fn, args, samples: int):
   return compiled, statistics.median(seconds) if seconds else first
 
 
+def temp_mib(compiled) -> float | None:
+  """The temporary buffer XLA allocates for one call of a compiled program, in MiB (None where
+  the backend does not say)."""
+  analysis = compiled.memory_analysis()
+  return None if analysis is None else analysis.temp_size_in_bytes / 2**20
+
+
 # ---------------------------------------------------------------------------------------
-# Implementations. Each builder returns ({mode: (callable, compile seconds or None)},
+# Implementations. Each builder returns ({mode: (callable, compile seconds or None, temporary
+# MiB or None)},
 # {mode: outputs, or (param gradients, input gradients), in recurrent's layout}).
 
 
@@ -192,16 +204,20 @@ def _jax_impl(forward, variables, xs, r, setup, extra=()):
   fwd_c, fwd_s = compile_timed(forward, (variables, xs, *extra), setup.compile_samples)
   grad_c, grad_s = compile_timed(grad, (variables, xs, r, *extra), setup.compile_samples)
   calls = {
-    "fwd": (lambda: jax.block_until_ready(fwd_c(variables, xs, *extra)), fwd_s),
-    "fwd+bwd": (lambda: jax.block_until_ready(grad_c(variables, xs, r, *extra)), grad_s),
+    "fwd": (lambda: jax.block_until_ready(fwd_c(variables, xs, *extra)), fwd_s, temp_mib(fwd_c)),
+    "fwd+bwd": (
+      lambda: jax.block_until_ready(grad_c(variables, xs, r, *extra)),
+      grad_s,
+      temp_mib(grad_c),
+    ),
   }
   results = {"fwd": fwd_c(variables, xs, *extra), "fwd+bwd": grad_c(variables, xs, r, *extra)}
   return calls, results
 
 
-def build_recurrent(cell, params, xs, r, setup, unroll=1):
+def build_recurrent(cell, params, xs, r, setup, unroll=1, remat_every=None):
   def forward(p, x):
-    return recurrent.scan(cell, p, x, unroll=unroll)[1]
+    return recurrent.scan(cell, p, x, unroll=unroll, remat_every=remat_every)[1]
 
   return _jax_impl(forward, params, xs, r, setup)
 
@@ -256,7 +272,7 @@ def build_torch(cell_name, params, xs, r, setup):
   ys = fwd().cpu().numpy()
   fwd_bwd()
   grads = {k: p.grad.cpu().numpy().T.copy() for k, p in module.named_parameters()}
-  calls = {"fwd": (fwd, None), "fwd+bwd": (fwd_bwd, None)}
+  calls = {"fwd": (fwd, None, None), "fwd+bwd": (fwd_bwd, None, None)}
   return calls, {"fwd": ys, "fwd+bwd": (grads, x_g.grad.cpu().numpy())}
 
 
@@ -486,6 +502,8 @@ def builders(cell, params, xs, r, setup) -> dict:
   }
   for k in setup.unrolls:
     found[f"rec-u{k}"] = lambda k=k: build_recurrent(cell, params, xs, r, setup, unroll=k)
+  for k in setup.remats:
+    found[f"rec-r{k}"] = lambda k=k: build_recurrent(cell, params, xs, r, setup, remat_every=k)
   if name == "lstm":
     found["flax"] = lambda: build_flax(nn.LSTMCell(hidden), params, xs, r, setup)
     found["flax-opt"] = lambda: build_flax(nn.OptimizedLSTMCell(hidden), params, xs, r, setup)
@@ -513,7 +531,7 @@ def row_ratios(med: dict) -> dict:
   if "keras+dropout" in med:
     ratios["keras dropout/no-dropout"] = med["keras+dropout"] / med["keras"]
   for impl in med:
-    if impl.startswith("rec-u"):
+    if impl.startswith(VARIANTS):
       ratios[f"{impl}/recurrent"] = med[impl] / med["recurrent"]
   return ratios
 
@@ -571,6 +589,7 @@ def bench_row(shape, cell_name, args, setup) -> list:
         "median_ms": med,
         "samples_ms": {impl: [1e3 * t for t in s] for impl, s in samples.items()},
         "compile_s": {impl: c[mode][1] for impl, c in calls.items() if c[mode][1] is not None},
+        "temp_mib": {impl: c[mode][2] for impl, c in calls.items() if c[mode][2] is not None},
         "flops": flops,
         "ratios": row_ratios(med),
         "recurrent_gflops": flops / (med["recurrent"] * 1e-3) / 1e9,
@@ -596,14 +615,14 @@ def _ms(value: float) -> str:
 def table(rows, peak) -> str:
   """A markdown table: one line per row, columns for what the run has."""
   present = {impl for row in rows for impl in row["median_ms"]}
-  impls = [i for i in IMPLS if i in present] + sorted(i for i in present if i.startswith("rec-u"))
+  impls = [i for i in IMPLS if i in present] + sorted(i for i in present if i.startswith(VARIANTS))
   ratios = [
     k for k in ("recurrent/" + r for r in REFERENCES) if any(k in w["ratios"] for w in rows)
   ]
   ratios += [
     k
     for k in ("dropout/no-dropout", "keras dropout/no-dropout")
-    + tuple(f"{i}/recurrent" for i in impls if i.startswith("rec-u"))
+    + tuple(f"{i}/recurrent" for i in impls if i.startswith(VARIANTS))
     if any(k in w["ratios"] for w in rows)
   ]
   compiled = [i for i in impls if i != "torch"]
@@ -611,7 +630,7 @@ def table(rows, peak) -> str:
   head = ["B,T,I,H", "cell", "mode", "n"] + [f"{i} ms" for i in impls]
   head += [k.replace("recurrent", "rec").replace("rec/flax", "rec/flax*") for k in ratios]
   head += ["rec GFLOP/s (% of peak)"] + ["targets need (% of peak)"] * need
-  head += ["compile s: " + " / ".join(compiled)]
+  head += ["compile s: " + " / ".join(compiled), "temp MiB: " + " / ".join(compiled)]
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   dash = "–"
   for row in rows:
@@ -630,6 +649,8 @@ def table(rows, peak) -> str:
       t = target_gflops(row)
       cells.append(dash if t is None else f"{t:.0f} ({100 * t / peak:.0f}%)")
     cells.append(" / ".join(f"{comp[i]:.2f}" if i in comp else dash for i in compiled))
+    temp = row["temp_mib"]
+    cells.append(" / ".join(f"{temp[i]:.1f}" if i in temp else dash for i in compiled))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -704,6 +725,14 @@ def parse_args(argv):
     metavar="K",
     help="also time recurrent with lax.scan's unroll=K (columns rec-uK)",
   )
+  parser.add_argument(
+    "--remat",
+    nargs="+",
+    type=int,
+    default=[],
+    metavar="K",
+    help="also time recurrent with remat_every=K (columns rec-rK)",
+  )
   parser.add_argument("--peak-size", type=int, help="n of the n x n matmul peak (2048; GPU 4096)")
   parser.add_argument(
     "--torch-threads",
@@ -727,8 +756,8 @@ def parse_args(argv):
   for key, value in (SMOKE if args.smoke else FULL).items():
     if getattr(args, key) is None:
       setattr(args, key, value)
-  if args.repeats < 1 or args.compile_samples < 0 or min(args.unroll, default=1) < 1:
-    parser.error("--repeats and --unroll need positive ints, --compile-samples one >= 0")
+  if args.repeats < 1 or args.compile_samples < 0 or min(args.unroll + args.remat, default=1) < 1:
+    parser.error("--repeats, --unroll and --remat need positive ints, --compile-samples >= 0")
   return args
 
 
@@ -754,7 +783,9 @@ def main(argv=None) -> int:
   keras, why = (None, "--no-keras") if args.no_keras else import_keras()
   if keras is None:
     left_out["keras"] = why
-  setup = Setup(backend, torch_device, keras, args.compile_samples, tuple(args.unroll))
+  setup = Setup(
+    backend, torch_device, keras, args.compile_samples, tuple(args.unroll), tuple(args.remat)
+  )
   env = environment(setup)
   if not os.path.abspath(env["recurrent_path"]).startswith(os.path.dirname(HERE) + os.sep):
     log(f"warning: recurrent comes from {env['recurrent_path']}, not this checkout")

@@ -14,7 +14,7 @@ import importlib
 from recurrent import convert, dropout
 from recurrent.cell import Cell, FastPath
 from recurrent.dropout import mc_average, sequence_keys
-from recurrent.gru import GRUGates, GRUParams, GRUState, gru
+from recurrent.gru import GRUGates, GRUParams, GRUState, ResetBeforeGRUParams, gru
 from recurrent.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
 from recurrent.layers import Bidirectional, bidirectional, bidirectional_scan, init_layers, stack
 from recurrent.lstm import LSTMGates, LSTMParams, LSTMState, lstm
@@ -40,6 +40,7 @@ __all__ = [
   "FastPath",
   "GRUGates",
   "GRUParams",
+  "ResetBeforeGRUParams",
   "GRUState",
   "LSTMGates",
   "LSTMParams",

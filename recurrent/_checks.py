@@ -145,9 +145,15 @@ def params(cell, params) -> None:
     got, want = _kind(given), _kind(expected[0])
     if got == want:  # the same type, other fields or leaves: show the trees
       got, want = str(given), str(expected[0])
+    hint = "params of another cell?"
+    if (got, want) == ("GRUParams", "ResetBeforeGRUParams"):
+      hint = (
+        "GRUParams are reset-after weights (PyTorch's, Flax's, recurrent.gru(H)'s), which a"
+        " reset-before GRU would run as another function: use recurrent.gru(H) for them, or"
+        " recurrent.ResetBeforeGRUParams(*params) for reset-before weights"
+      )
     raise TypeError(
-      f"params are {got} but the cell {cell.name!r} takes {want} (what its init"
-      " returns): params of another cell?"
+      f"params are {got} but the cell {cell.name!r} takes {want} (what its init returns): " + hint
     )
   if expected is None:
     return

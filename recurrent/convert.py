@@ -35,10 +35,11 @@ cell's params out of a model's (``prefix='RNN_0/cell'``, the ``/``-joined path o
 ``flax.traverse_util.flatten_dict(params, sep='/')``). The converters back take it too,
 to make a dict that merges into the model's.
 
-Target cells: PyTorch's and Flax's GRUs are reset-after. Pass ``cell=`` (the cell the
-params are for) and the converters refuse a ``recurrent.gru(H, reset_after=False)``,
-which would run those weights without an error and compute another function, and check
-the params' type and shapes against the cell's.
+Target cells: PyTorch's and Flax's GRUs are reset-after, and give :class:`GRUParams`,
+which a ``recurrent.gru(H, reset_after=False)`` (whose params are
+:class:`ResetBeforeGRUParams`) refuses wherever they are used; the converters back refuse
+``ResetBeforeGRUParams``. Pass ``cell=`` (the cell the params are for) to check the
+params' type and shapes against the cell's at conversion.
 """
 
 import re
@@ -49,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recurrent import _checks
-from recurrent.gru import GRUParams, is_reset_before
+from recurrent.gru import GRUParams, ResetBeforeGRUParams
 from recurrent.layers import Bidirectional
 from recurrent.lstm import LSTMParams
 from recurrent.projection_lstm import ProjectionLSTMParams
@@ -79,22 +80,23 @@ def _converter(dtype, arrays: dict, source: str):
   return lambda a: jnp.asarray(a if dtype is None else a.astype(dtype))
 
 
-def _check_cell(cell, params, source: str) -> None:
+def _check_cell(cell, params) -> None:
   """``params`` (one layer's, a :class:`Bidirectional` pair, or a list of layers) suit
-  ``cell``: not a reset-before GRU for another library's reset-after weights, and what
-  ``cell.init`` makes (type and shapes)."""
+  ``cell``: what ``cell.init`` makes (type and shapes). A reset-before GRU takes
+  :class:`recurrent.ResetBeforeGRUParams`, so another library's (reset-after) GRU weights
+  are refused for it."""
   if cell is None:
     return
   layers = params if isinstance(params, list) else [params]
   flat = [p for layer in layers for p in (layer if isinstance(layer, Bidirectional) else (layer,))]
-  if is_reset_before(cell) and any(isinstance(p, GRUParams) for p in flat):
-    raise ValueError(
-      f"{source}'s GRU is reset-after, but cell is a reset-before GRU"
-      " (recurrent.gru(H, reset_after=False)), which would run these weights without an"
-      " error and compute another function: use recurrent.gru(H) (reset_after=True)"
-    )
   for p in flat:
     _checks.params(cell, p)
+
+
+def _refuse(params, kinds: str, library: str):
+  """The TypeError for params no converter takes: a reset-before GRU's are named as such."""
+  why = f" ({library} has no reset-before GRU)" if isinstance(params, ResetBeforeGRUParams) else ""
+  raise TypeError(f"params must be {kinds}, got {type(params).__name__}{why}")
 
 
 def _check_prefix(prefix) -> None:
@@ -204,7 +206,7 @@ def from_torch(state_dict, *, prefix: str = "", dtype=None, cell=None) -> list:
       result.append(Bidirectional(forward, _torch_layer(arrays, f"_l{layer}_reverse", as_jnp)))
     else:
       result.append(forward)
-  _check_cell(cell, result, "PyTorch")
+  _check_cell(cell, result)
   return result
 
 
@@ -222,7 +224,7 @@ def to_torch(layers, *, prefix: str = "", cell=None) -> dict:
   _check_prefix(prefix)
   if not isinstance(layers, list):
     layers = [layers]
-  _check_cell(cell, layers, "PyTorch")
+  _check_cell(cell, layers)
   sd = {}
   for layer, params in enumerate(layers):
     directions = params if isinstance(params, Bidirectional) else (params,)
@@ -235,9 +237,11 @@ def to_torch(layers, *, prefix: str = "", cell=None) -> dict:
         sd["bias_hh" + key] = np.zeros_like(sd["bias_ih" + key])
         if isinstance(params_d, ProjectionLSTMParams):
           sd["weight_hr" + key] = np.asarray(params_d.w_hr).T.copy()
-      else:
+      elif isinstance(params_d, GRUParams):
         sd["bias_ih" + key] = np.asarray(params_d.b_ih).copy()
         sd["bias_hh" + key] = np.asarray(params_d.b_hh).copy()
+      else:
+        _refuse(params_d, "LSTMParams, ProjectionLSTMParams or GRUParams", "PyTorch")
   return {prefix + name: value for name, value in sd.items()}
 
 
@@ -312,7 +316,7 @@ def from_flax(variables, *, prefix: str = "", dtype=None, cell=None):
       cat(["i" + g for g in _GRU_GATES], "bias"),
       jnp.concatenate([zeros, zeros, hn]),
     )
-  _check_cell(cell, params, "Flax")
+  _check_cell(cell, params)
   return params
 
 
@@ -327,7 +331,7 @@ def to_flax(params, *, prefix: str = "", cell=None) -> dict:
       ``GRUCell`` is reset-after), and the params must be the cell's type and shapes.
   """
   _check_prefix(prefix)
-  _check_cell(cell, params, "Flax")
+  _check_cell(cell, params)
   if isinstance(params, LSTMParams):
     ws_i = jnp.split(params.w_ih, 4, -1)
     ws_h, bs = jnp.split(params.w_hh, 4, -1), jnp.split(params.b, 4)
@@ -341,7 +345,7 @@ def to_flax(params, *, prefix: str = "", cell=None) -> dict:
     out.update({f"h{g}": {"kernel": w} for g, w in zip(_GRU_GATES, ws_h)})
     out["hn"]["bias"] = b_hh[2]
   else:
-    raise TypeError(f"params must be LSTMParams or GRUParams, got {type(params).__name__}")
+    _refuse(params, "LSTMParams or GRUParams", "Flax")
   for name in reversed([n for n in prefix.split("/") if n]):
     out = {name: out}
   return {"params": out}

@@ -15,7 +15,6 @@ and Flax ``GRUCell`` compute. Reset-before is the form of Cho et al. 2014 and of
 with ``reset_after=False``; only the NumPy reference in the tests checks it.
 """
 
-import weakref
 from typing import NamedTuple
 
 import jax
@@ -27,16 +26,6 @@ from recurrent import options as _options
 
 Array = jax.Array
 
-# The init functions of the reset-before cells, by identity: the converters refuse to load
-# reset-after weights (PyTorch's, Flax's) into such a cell, or its wrappers (zoneout,
-# weight_drop), which keep the cell's init.
-_RESET_BEFORE = weakref.WeakSet()
-
-
-def is_reset_before(cell) -> bool:
-  """Whether ``cell`` is a :func:`gru` with ``reset_after=False`` (or wraps one)."""
-  return cell.init in _RESET_BEFORE
-
 
 class GRUParams(NamedTuple):
   """Fused GRU weights, gates in order ``r, z, n``.
@@ -47,6 +36,28 @@ class GRUParams(NamedTuple):
     b_ih: ``[3H]`` input bias.
     b_hh: ``[3H]`` recurrent bias; its ``n`` third ``b_hn`` sits inside ``r * (...)`` in
       the reset-after form, which is why the two biases are kept apart.
+  """
+
+  w_ih: Array
+  w_hh: Array
+  b_ih: Array
+  b_hh: Array
+
+
+class ResetBeforeGRUParams(NamedTuple):
+  """The reset-before GRU's weights (``gru(H, reset_after=False)``), laid out as
+  :class:`GRUParams`; ``b_hn`` adds to ``b_in`` here.
+
+  A type of its own because the same arrays compute another function in the reset-after
+  form: PyTorch's or Flax's GRU weights (:class:`GRUParams`) given to a reset-before cell
+  are refused by every driver instead of running. Reset-before weights that are
+  :class:`GRUParams` convert with ``ResetBeforeGRUParams(*params)``.
+
+  Attributes:
+    w_ih: ``[I, 3H]`` input weights.
+    w_hh: ``[H, 3H]`` recurrent weights.
+    b_ih: ``[3H]`` input bias.
+    b_hh: ``[3H]`` recurrent bias.
   """
 
   w_ih: Array
@@ -92,8 +103,9 @@ def gru(
     param_dtype: dtype of the params and of the carry.
 
   Returns:
-    A :class:`recurrent.Cell`; params are :class:`GRUParams`, the carry a
-    :class:`GRUState`, the gates :class:`GRUGates`.
+    A :class:`recurrent.Cell`; params are :class:`GRUParams` (reset-after) or
+    :class:`ResetBeforeGRUParams`, the carry a :class:`GRUState`, the gates
+    :class:`GRUGates`.
 
   Example:
     >>> import jax, jax.numpy as jnp, recurrent
@@ -106,9 +118,11 @@ def gru(
   hs = _checks.size("hidden_size", hidden_size)
   _options.check_flag("reset_after", reset_after)
 
-  def init(key, input_size: int) -> GRUParams:
+  kind = GRUParams if reset_after else ResetBeforeGRUParams
+
+  def init(key, input_size: int) -> GRUParams | ResetBeforeGRUParams:
     k_ih, k_hh = jax.random.split(key)
-    return GRUParams(
+    return kind(
       w_ih=kernel_init(k_ih, (input_size, 3 * hs), param_dtype),
       w_hh=_cell.orthogonal_blocks(recurrent_init, k_hh, hs, 3, param_dtype),
       b_ih=jnp.zeros((3 * hs,), param_dtype),
@@ -173,8 +187,6 @@ def gru(
       input_weights=lambda params: params.w_ih,
       recurrent_weights=lambda params: params.w_hh,
     )
-  else:
-    _RESET_BEFORE.add(init)
   return _cell.Cell(
     init,
     initial_carry,

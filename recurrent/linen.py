@@ -58,7 +58,9 @@ def to_core(params: Mapping, kind=None):
       ``{'layer_0': ..., 'layer_1': ...}``, or of an :class:`LSTMCell`/:class:`GRUCell`,
       ``{'w_ih': ..., 'w_hh': ..., ...}``; a ``{'params': ...}`` variables dict works too.
     kind: the params' NamedTuple class for a cell of your own (e.g.
-      ``type(cell.init(key, I))``); None recognises the LSTM's and the GRU's by their fields.
+      ``type(cell.init(key, I))``, or :class:`recurrent.ResetBeforeGRUParams` for a
+      reset-before GRU's); None recognises the LSTM's and the (reset-after) GRU's by their
+      fields.
 
   Returns:
     For a layer, the list :func:`recurrent.init_layers` returns (one cell's params per

@@ -83,7 +83,8 @@ def to_core(model, kind=None):
       :class:`recurrent.LSTMParams`/:class:`recurrent.GRUParams`); or its param state,
       ``nnx.state(model, nnx.Param)``, or ``nnx.to_pure_dict`` of that state.
     kind: the params' NamedTuple class for a cell of your own; None recognises the
-      LSTM's and the GRU's by their fields (an :class:`RNN` knows its cell's).
+      LSTM's and the (reset-after) GRU's by their fields (an :class:`RNN` or a layer knows
+      its cell's).
 
   Example:
     >>> import jax.numpy as jnp, recurrent

@@ -10,7 +10,9 @@ weights, as in AWD-LSTM. The mask's key combines the per-sequence keys of the ca
 sum of their key data, folded with a stream of its own): with keys from
 ``recurrent.sequence_keys(step_key, example_ids)`` it is a function of the step's key and
 the set of examples in the batch, not of their order or of the devices the batch is
-sharded over. With ``deterministic=True`` the weights are used as they are.
+sharded over (inside ``jax.shard_map`` the sum runs over every device's share of the batch:
+a ``psum`` over the mesh axes the keys vary over, which ``check_vma=True``, the default,
+records). With ``deterministic=True`` the weights are used as they are.
 
 The masked matrix is still a plain matrix, so the cell keeps its fast path.
 
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 from recurrent import cell as _cell
 from recurrent import dropout as _dropout
 from recurrent import options as _options
+from recurrent.fused import loops as _loops
 
 # The stream folded into the call's key for the weight mask (dropout: 0, 1; zoneout: 2).
 STREAM = 3
@@ -41,6 +44,9 @@ def call_key(keys):
   :data:`STREAM`."""
   data = jax.random.key_data(keys)
   summed = jnp.sum(data.reshape((-1,) + data.shape[keys.ndim :]), axis=0, dtype=data.dtype)
+  axes = _loops.varying_axes(keys)
+  if axes:  # inside shard_map the batch is split over these mesh axes: add up every device's
+    summed = jax.lax.psum(summed, tuple(sorted(axes)))
   key = jax.random.wrap_key_data(summed, impl=jax.random.key_impl(keys))
   return jax.random.fold_in(key, STREAM)
 

@@ -65,7 +65,8 @@ def random_params(cell, seed, input_size, dtype=jnp.float32):
   w_ih, w_hh = normal(input_size, size), normal(cell.hidden_size, size)
   if cell.name == "lstm":
     return recurrent.LSTMParams(w_ih, w_hh, normal(size))
-  return recurrent.GRUParams(w_ih, w_hh, normal(size), normal(size))
+  kind = type(jax.eval_shape(lambda: cell.init(jax.random.key(0), input_size)))  # either GRU form
+  return kind(w_ih, w_hh, normal(size), normal(size))
 
 
 def random_stack(cell, seed, input_size, dtype=jnp.float32):

@@ -480,29 +480,48 @@ def test_from_flax_dtype(name):
 
 # --- target cells: cell= ------------------------------------------------------------------
 
-RESET_BEFORE = r"GRU is reset-after, but cell is a reset-before GRU"
+RESET_BEFORE = (
+  r"params are GRUParams but the cell '(\w+\()?gru\)?' takes ResetBeforeGRUParams \(what its"
+  r" init returns\): GRUParams are reset-after weights"
+)
 
 
 def test_reset_after_weights_refused_for_a_reset_before_gru():
-  """PyTorch's and Flax's GRUs are reset-after: converting their weights for (or ours to
-  them from) ``gru(H, reset_after=False)``, or a wrapper of it, is a ValueError; the
-  reset-after GRU passes, as does the reset-before one without ``cell=``."""
+  """PyTorch's and Flax's GRUs are reset-after: their weights (GRUParams) run in
+  ``gru(H, reset_after=False)`` (or a wrapper of it) would compute another function. The
+  reset-before cell takes ResetBeforeGRUParams, so they are refused where they are used (no
+  ``cell=`` needed) and, with ``cell=``, at conversion; the converters back refuse a
+  reset-before GRU's params. The reset-after GRU takes them."""
   sd = _torch_module("gru").state_dict()
   flax_vars = _flax_variables("GRUCell")
   before = recurrent.gru(H, reset_after=False)
+  xs = jnp.ones((2, 3, IN))
   for cell in (before, recurrent.zoneout(before, h=0.1), recurrent.weight_drop(before, 0.2)):
-    with pytest.raises(ValueError, match="PyTorch's " + RESET_BEFORE):
+    with pytest.raises(TypeError, match=RESET_BEFORE):
       convert.from_torch(sd, cell=cell)
-    with pytest.raises(ValueError, match="Flax's " + RESET_BEFORE):
+    with pytest.raises(TypeError, match=RESET_BEFORE):
       convert.from_flax(flax_vars, cell=cell)
+    with pytest.raises(TypeError, match=RESET_BEFORE):
+      recurrent.scan(cell, convert.from_torch(sd)[0].forward, xs, deterministic=True)
+    with pytest.raises(TypeError, match=RESET_BEFORE):
+      recurrent.stack(cell, convert.from_torch(sd), xs, deterministic=True)
+    with pytest.raises(TypeError, match=RESET_BEFORE):
+      recurrent.scan(cell, convert.from_flax(flax_vars), xs, deterministic=True)
+  own = before.init(jax.random.key(0), IN)
+  assert type(own) is recurrent.ResetBeforeGRUParams
+  with pytest.raises(TypeError, match=r"GRUParams, got ResetBeforeGRUParams \(PyTorch has no"):
+    convert.to_torch([own])
+  with pytest.raises(TypeError, match=r"GRUParams, got ResetBeforeGRUParams \(Flax has no"):
+    convert.to_flax(own)
   params = convert.from_torch(sd, cell=recurrent.gru(H))
-  with pytest.raises(ValueError, match="PyTorch's " + RESET_BEFORE):
+  with pytest.raises(TypeError, match=RESET_BEFORE):
     convert.to_torch(params, cell=before)
-  with pytest.raises(ValueError, match="Flax's " + RESET_BEFORE):
+  with pytest.raises(TypeError, match=RESET_BEFORE):
     convert.to_flax(params[0].forward, cell=before)
   _leaves_equal(convert.to_torch(params, cell=recurrent.gru(H)), convert.to_torch(params))
   convert.from_flax(flax_vars, cell=recurrent.gru(H))
   _leaves_equal(convert.from_torch(sd), params)  # no cell: nothing to check
+  recurrent.scan(recurrent.gru(H), params[0].forward, xs)
 
 
 def test_converted_params_checked_against_the_cell():

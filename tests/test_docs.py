@@ -23,6 +23,7 @@ EXPECTED = {
     "LSTMParams",
     "LSTMState",
     "GRUParams",
+    "ResetBeforeGRUParams",
     "lstm",
     "recurrent.layer_norm_lstm.layer_norm_lstm",
     "recurrent.projection_lstm.projection_lstm",

@@ -95,9 +95,8 @@ def _eye_params(cell, name, size, source):
   if name == "lstm":
     return recurrent.LSTMParams(jnp.asarray(w_ih), jnp.asarray(w_hh), jnp.asarray(bias.ravel()))
   zero_b = jnp.zeros((3 * size,), jnp.float32)
-  return recurrent.GRUParams(
-    jnp.asarray(w_ih), jnp.asarray(w_hh), jnp.asarray(bias.ravel()), zero_b
-  )
+  kind = type(jax.eval_shape(lambda: cell.init(jax.random.key(0), size)))  # either GRU form
+  return kind(jnp.asarray(w_ih), jnp.asarray(w_hh), jnp.asarray(bias.ravel()), zero_b)
 
 
 OBS_BATCH, OBS_STEPS, OBS_SIZE = 32, 4, 16

@@ -5,15 +5,20 @@ References, named in each test: a one-process run of the same config on 4 forced
 devices, whose records and final params the two-process run must repeat (the same global
 batch over the same 4 devices); the rule that only process 0 writes the records and prints,
 checked on the files and on each process's output; orbax's checkpoints, read back here.
+Two configs: ``adding:tiny`` (no carry, no dropout) and ``ptb:tiny`` on a small generated
+corpus (carries between windows, time-invariant dropout, MC dropout evaluation and text
+sampling at the end), the latter killed with SIGKILL mid-run in both processes and resumed.
 """
 
 import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -52,20 +57,26 @@ def start(args, environment, output):
   )
 
 
-def run_two_processes(workdir, logs):
-  """``--distributed`` in processes 0 and 1; returns each one's output."""
+def start_two_processes(workdir, logs, args=ARGS):
+  """``--distributed`` in processes 0 and 1; returns them and their open output files."""
   address = f"127.0.0.1:{free_port()}"
   procs, outputs = [], []
   for i in range(2):
-    outputs.append(open(logs / f"process_{i}.txt", "w"))  # closed below
+    outputs.append(open(logs / f"process_{i}.txt", "w"))  # closed by the caller
     procs.append(
       start(
-        [*ARGS, "--workdir", str(workdir), "--distributed", "--num_processes=2",
+        [*args, "--workdir", str(workdir), "--distributed", "--num_processes=2",
          f"--process_id={i}"],
         env(2, JAX_COORDINATOR_ADDRESS=address),
         outputs[-1],
       )
     )  # fmt: skip
+  return procs, outputs
+
+
+def run_two_processes(workdir, logs, args=ARGS):
+  """``--distributed`` in processes 0 and 1 to the end; returns each one's output."""
+  procs, outputs = start_two_processes(workdir, logs, args)
   try:
     for proc in procs:
       proc.wait(timeout=300)
@@ -156,3 +167,82 @@ def test_a_log_that_does_not_write_keeps_its_records_in_memory(tmp_path):
     {"step": 10, "split": "train", "mse": 0.5},
   ]
   assert path.read_text().endswith('"split": "eval"')  # the primary's file, untouched
+
+
+def write_corpus(folder):
+  """A Penn Treebank-like folder: lines of words from a 40-word vocabulary, every word of the
+  validation and test sets also in the training set."""
+  rng = np.random.default_rng(0)
+  words = [f"w{i}" for i in range(40)]
+  folder.mkdir()
+  for name, lines in (("train", 60), ("valid", 8), ("test", 8)):
+    text = "".join(" ".join(rng.choice(words, size=12)) + "\n" for _ in range(lines))
+    (folder / f"ptb.{name}.txt").write_text(text)
+  (folder / "ptb.train.txt").write_text((folder / "ptb.train.txt").read_text() + " ".join(words))
+
+
+def checkpoint_steps(workdir):
+  folder = workdir / "checkpoints"
+  return (
+    sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+  )
+
+
+def test_a_language_model_killed_in_both_processes_resumes_as_one_process_on_four_devices(
+  tmp_path,
+):
+  """``ptb:tiny`` with dropout, MC evaluation (2 samples) and a sample at the end: both
+  processes are killed with SIGKILL after the first checkpoint and rerun; every record is
+  written once, by process 0, and equals the one-process run's; so do the final params,
+  the MC perplexities and the sampled text."""
+  write_corpus(tmp_path / "data")
+  steps, every = 400, 50
+  args = [
+    "--config", "ptb:tiny",
+    f"--config.data_dir={tmp_path / 'data'}",
+    f"--config.train_steps={steps}",
+    f"--config.checkpoint_every={every}",
+    f"--config.eval_every={every}",
+    "--config.mc_samples=2",
+    "--config.sample_length=5",
+    "--config.progress=False",
+  ]  # fmt: skip
+  two, one = tmp_path / "two", tmp_path / "one"
+  with open(tmp_path / "one_process.txt", "w") as output:
+    reference = start([*args, "--workdir", str(one)], env(4), output)
+    try:
+      procs, outputs = start_two_processes(two, tmp_path, args)
+      try:
+        deadline = time.monotonic() + 300
+        while not checkpoint_steps(two):
+          assert all(p.poll() is None for p in procs), "a process ended before a checkpoint"
+          assert time.monotonic() < deadline, "no checkpoint within 300 s"
+          time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), "both must still train when killed"
+        for proc in procs:
+          proc.send_signal(signal.SIGKILL)
+      finally:
+        for proc, out in zip(procs, outputs):
+          proc.wait()
+          out.close()
+      assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2
+      assert 0 < max(checkpoint_steps(two)) < steps
+      first, second = run_two_processes(two, tmp_path, args)
+    finally:
+      reference.wait(timeout=300)
+  assert reference.returncode == 0, (tmp_path / "one_process.txt").read_text()[-3000:]
+
+  got, want = read_metrics(two), read_metrics(one)
+  keys = [(r["step"], r["split"]) for r in got]
+  assert keys == [(r["step"], r["split"]) for r in want]
+  assert len(set(keys)) == len(keys)
+  assert {"eval_mc", "test_mc"} <= {split for _, split in keys}
+  for a, b in zip(got, want):
+    assert a.keys() == b.keys()
+    for k in a:
+      assert a[k] == pytest.approx(b[k], rel=1e-5), (k, a, b)
+  for a, b in zip(jax.tree.leaves(params(two, steps)), jax.tree.leaves(params(one, steps))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  assert (two / "sample.txt").read_text() == (one / "sample.txt").read_text()
+  assert "sample: " in first and "sample: " not in second
+  assert "split=test_mc" in first and "split=" not in second

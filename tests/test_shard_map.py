@@ -57,6 +57,7 @@ SCRIPT = textwrap.dedent(
     "lstm-remat": (recurrent.lstm(H), {"remat_every": 4, **DROP}),
     "layer-norm-lstm-dropout": (recurrent.layer_norm_lstm(H), DROP),
     "zoneout-lstm": (recurrent.zoneout(recurrent.lstm(H), h=0.1, c=0.2), {}),
+    "weight-drop-lstm-dropout": (recurrent.weight_drop(recurrent.lstm(H), 0.5), DROP),
     "stack-bidirectional-dropout": (recurrent.lstm(H), {"stack": True, **DROP}),
   }
 
@@ -112,7 +113,8 @@ def test_scan_in_shard_map_with_check_vma():
   unsharded run, for the LSTM and the GRU (fast path, hand-written backward pass) with and
   without dropout; time-major with ``seq_lengths`` and ``reverse``; the forward's projection
   in chunks and feature-major; ``remat_every``; plain autodiff (layer-norm LSTM, zoneout);
-  a bidirectional stack."""
+  weight-drop, whose one mask per call must come from the whole batch's keys (a ``psum``
+  over the devices), not from each device's share; a bidirectional stack."""
   env = dict(os.environ)
   flags = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
@@ -121,7 +123,7 @@ def test_scan_in_shard_map_with_check_vma():
     [sys.executable, "-c", SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
   )
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-  assert proc.stdout.count("ok ") == 11, proc.stdout
+  assert proc.stdout.count("ok ") == 12, proc.stdout
 
 
 def test_no_casts_outside_shard_map():

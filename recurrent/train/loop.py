@@ -31,6 +31,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import struct
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from recurrent.train import config as _config
@@ -237,6 +238,12 @@ def evaluate(state, batches: Iterable[dict], task: tasks.Task, sharding, eval_st
   return {**task.metrics(total / count), **tasks.extra_metrics(extra)}
 
 
+def _gather(x):
+  """A global array's whole value on every process (its rows sit on several processes' devices
+  in a multi-process run)."""
+  return multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x
+
+
 def mc_evaluate(state, batches, task, sharding, mc_step, key, carry, num_samples, chunk, bar):
   """MC dropout over ``batches()``: the target's probability averaged over ``num_samples``
   passes (Gal & Ghahramani 2016), ``chunk`` passes at a time; returns the task's metrics.
@@ -261,7 +268,7 @@ def mc_evaluate(state, batches, task, sharding, mc_step, key, carry, num_samples
       if first == 0:
         weights.append(np.asarray(batch.get("weights", np.ones(batch["targets"].shape))))
       log_sum, c = mc_step(state, c, sharding.put_batch(batch), keys)
-      chunk_sums.append(np.asarray(log_sum, np.float64))
+      chunk_sums.append(np.asarray(_gather(log_sum), np.float64))
       bar.update(1)
     sums = chunk_sums if sums is None else [np.logaddexp(a, b) for a, b in zip(sums, chunk_sums)]
   log_mean = np.concatenate([s.ravel() for s in sums]) - np.log(num_samples)
