@@ -196,7 +196,7 @@ def test_a_language_model_killed_in_both_processes_resumes_as_one_process_on_fou
   written once, by process 0, and equals the one-process run's; so do the final params,
   the MC perplexities and the sampled text."""
   write_corpus(tmp_path / "data")
-  steps, every = 400, 50
+  steps, every = 200, 25
   args = [
     "--config", "ptb:tiny",
     f"--config.data_dir={tmp_path / 'data'}",
@@ -239,8 +239,9 @@ def test_a_language_model_killed_in_both_processes_resumes_as_one_process_on_fou
   assert {"eval_mc", "test_mc"} <= {split for _, split in keys}
   for a, b in zip(got, want):
     assert a.keys() == b.keys()
-    for k in a:
-      assert a[k] == pytest.approx(b[k], rel=1e-5), (k, a, b)
+    for k in a.keys() - {"tokens_per_sec"}:  # a measured speed
+      same = a[k] == b[k] if isinstance(a[k], str) else a[k] == pytest.approx(b[k], rel=1e-5)
+      assert same, (k, a, b)
   for a, b in zip(jax.tree.leaves(params(two, steps)), jax.tree.leaves(params(one, steps))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   assert (two / "sample.txt").read_text() == (one / "sample.txt").read_text()
