@@ -57,15 +57,16 @@ def start(args, environment, output):
   )
 
 
-def start_two_processes(workdir, logs, args=ARGS):
-  """``--distributed`` in processes 0 and 1; returns them and their open output files."""
+def start_two_processes(workdir, logs, args=ARGS, extra=((), ())):
+  """``--distributed`` in processes 0 and 1 (each also given its ``extra`` args); returns
+  them and their open output files."""
   address = f"127.0.0.1:{free_port()}"
   procs, outputs = [], []
   for i in range(2):
     outputs.append(open(logs / f"process_{i}.txt", "w"))  # closed by the caller
     procs.append(
       start(
-        [*args, "--workdir", str(workdir), "--distributed", "--num_processes=2",
+        [*args, *extra[i], "--workdir", str(workdir), "--distributed", "--num_processes=2",
          f"--process_id={i}"],
         env(2, JAX_COORDINATOR_ADDRESS=address),
         outputs[-1],
@@ -247,3 +248,29 @@ def test_a_language_model_killed_in_both_processes_resumes_as_one_process_on_fou
   assert (two / "sample.txt").read_text() == (one / "sample.txt").read_text()
   assert "sample: " in first and "sample: " not in second
   assert "split=test_mc" in first and "split=" not in second
+
+
+def test_a_refusal_in_one_process_stops_both_at_once(tmp_path):
+  """Process 1 has no data where process 0 has (a data file missing on one host): process
+  1 names its error, process 0 names process 1, both exit with status 2 within a minute
+  (none waits for the other at a collective), and the workdir is not created."""
+  write_corpus(tmp_path / "data")
+  args = ["--config", "ptb:tiny", "--config.progress=False"]
+  extra = ([f"--config.data_dir={tmp_path / 'data'}"], [f"--config.data_dir={tmp_path / 'none'}"])
+  started = time.monotonic()
+  procs, outputs = start_two_processes(tmp_path / "run", tmp_path, args, extra)
+  try:
+    for proc in procs:
+      proc.wait(timeout=120)
+  finally:
+    for proc, out in zip(procs, outputs):
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      out.close()
+  first, second = [(tmp_path / f"process_{i}.txt").read_text() for i in range(2)]
+  assert [p.returncode for p in procs] == [2, 2], (first[-2000:], second[-2000:])
+  assert time.monotonic() - started < 120
+  assert str(tmp_path / "none") in second and "error: " in second
+  assert "error: process(es) 1 of this run refused it" in first
+  assert not (tmp_path / "run").exists()

@@ -3,7 +3,7 @@
 A checkpoint that does not restore (a file missing, truncated or not JSON) is moved aside
 to ``checkpoints/<step>.corrupt-<n>`` with a one-line warning, and the one before it is
 tried (:func:`restore_latest`). The helpers for multi-process runs (:func:`sync`,
-:func:`any_process`, :func:`warn`) do nothing special in a single process.
+:func:`any_process`, :func:`together`, :func:`warn`) do nothing special in a single process.
 """
 
 import gc
@@ -52,13 +52,42 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def any_process(flag: bool) -> bool:
-  """Whether ``flag`` is true in any process (all processes must call it)."""
+def processes_where(flag: bool) -> list:
+  """The indices of the processes where ``flag`` is true (all processes must call it)."""
   if jax.process_count() == 1:
-    return flag
+    return [0] if flag else []
   from jax.experimental import multihost_utils
 
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+  flags = multihost_utils.process_allgather(np.asarray(flag))
+  return [int(i) for i in np.flatnonzero(flags)]
+
+
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is true in any process (all processes must call it)."""
+  return bool(processes_where(flag))
+
+
+def together(step):
+  """``step()`` in every process, refused in all if a user error stops it in any.
+
+  A :class:`~recurrent.train.config.UserError` or ``OSError`` (a data file missing on one
+  host, a workdir it cannot write) in one process would leave the others waiting for it at
+  their next collective; here every process learns of it, and each raises: its own error,
+  or a :class:`~recurrent.train.config.UserError` naming the processes that failed.
+  """
+  error, result = None, None
+  try:
+    result = step()
+  except (_config.UserError, OSError) as e:
+    error = e
+  failed = processes_where(error is not None)
+  if error is not None:
+    raise error
+  if failed:
+    raise _config.UserError(
+      f"process(es) {', '.join(map(str, failed))} of this run refused it; their output says why"
+    )
+  return result
 
 
 def warn(message: str) -> None:

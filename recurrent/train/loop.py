@@ -42,7 +42,7 @@ from recurrent.train.checkpoints import (
   checkpointable,
   first_line,
   restore_latest,
-  sync,
+  together,
   warn,
 )
 
@@ -449,15 +449,19 @@ def train_and_evaluate(
   from tqdm import tqdm
 
   devices = list(devices or jax.devices())
-  _config.validate(config, len(devices))
   primary = jax.process_index() == 0
   workdir = pathlib.Path(workdir)
-  task = load_task(config)
-  total_steps = config.epochs * task.steps_per_epoch if config.epochs else config.train_steps
-  changed = check_config(workdir, config, total_steps, allow_changes)
-  sync("recurrent.train: config checked")  # every process read config.json before it changes
-  if primary:
-    _write_config(workdir, config)
+
+  def check():
+    _config.validate(config, len(devices))
+    task = load_task(config)
+    total_steps = config.epochs * task.steps_per_epoch if config.epochs else config.train_steps
+    return task, total_steps, check_config(workdir, config, total_steps, allow_changes)
+
+  # In a multi-process run, a refusal in one process stops them all; and every process has
+  # read config.json (together's gather is a barrier) before process 0 rewrites it.
+  task, total_steps, changed = together(check)
+  together(lambda: _write_config(workdir, config) if primary else None)
   if changed:
     listing = ", ".join(f"{name}: {_value(old)} -> {_value(new)}" for name, old, new in changed)
     warn(f"continuing {workdir} with a changed config: {listing}")
