@@ -110,6 +110,12 @@ def carry(name: str, given, expected) -> None:
     floating(name, g)
 
 
+# ``(given params type, expected params type) -> hint`` for :func:`params`' message, set by
+# the module that defines the types (two types with the same fields that compute different
+# functions, e.g. the GRU's reset-after and reset-before params).
+MISMATCH_HINTS = {}
+
+
 @functools.lru_cache(maxsize=64)
 def _init_shapes(init, input_size):
   """The tree structure and leaf shapes of ``init(key, input_size)``, found without running
@@ -145,13 +151,7 @@ def params(cell, params) -> None:
     got, want = _kind(given), _kind(expected[0])
     if got == want:  # the same type, other fields or leaves: show the trees
       got, want = str(given), str(expected[0])
-    hint = "params of another cell?"
-    if (got, want) == ("GRUParams", "ResetBeforeGRUParams"):
-      hint = (
-        "GRUParams are reset-after weights (PyTorch's, Flax's, recurrent.gru(H)'s), which a"
-        " reset-before GRU would run as another function: use recurrent.gru(H) for them, or"
-        " recurrent.ResetBeforeGRUParams(*params) for reset-before weights"
-      )
+    hint = MISMATCH_HINTS.get((got, want), "params of another cell?")
     raise TypeError(
       f"params are {got} but the cell {cell.name!r} takes {want} (what its init returns): " + hint
     )

@@ -36,10 +36,10 @@ cell's params out of a model's (``prefix='RNN_0/cell'``, the ``/``-joined path o
 to make a dict that merges into the model's.
 
 Target cells: PyTorch's and Flax's GRUs are reset-after, and give :class:`GRUParams`,
-which a ``recurrent.gru(H, reset_after=False)`` (whose params are
-:class:`ResetBeforeGRUParams`) refuses wherever they are used; the converters back refuse
-``ResetBeforeGRUParams``. Pass ``cell=`` (the cell the params are for) to check the
-params' type and shapes against the cell's at conversion.
+which ``recurrent.scan``, ``stack`` and ``trace`` refuse for a
+``recurrent.gru(H, reset_after=False)`` (whose params are :class:`ResetBeforeGRUParams`);
+the converters back refuse ``ResetBeforeGRUParams``. Pass ``cell=`` (the cell the params
+are for) to check the params' type and shapes against the cell's at conversion.
 """
 
 import re
@@ -105,15 +105,14 @@ def _check_prefix(prefix) -> None:
 
 
 def _torch_layer(sd: dict, suffix: str, as_jnp):
-  w_ih, w_hh = _numpy(sd["weight_ih" + suffix]), _numpy(sd["weight_hh" + suffix])
+  w_ih, w_hh = sd["weight_ih" + suffix], sd["weight_hh" + suffix]  # NumPy already
   w_hr = sd.get("weight_hr" + suffix)
   hidden = w_hh.shape[1] if w_hr is None else w_hr.shape[1]  # weight_hr is [P, H]
   gates = w_hh.shape[0] // hidden
   zeros = np.zeros(w_hh.shape[0], w_hh.dtype)
-  b_ih = _numpy(sd.get("bias_ih" + suffix, zeros))
-  b_hh = _numpy(sd.get("bias_hh" + suffix, zeros))
+  b_ih = sd.get("bias_ih" + suffix, zeros)
+  b_hh = sd.get("bias_hh" + suffix, zeros)
   if w_hr is not None:  # nn.LSTM(proj_size=P): weight_hr [P, H], weight_hh [4H, P]
-    w_hr = _numpy(w_hr)
     if w_hh.shape != (4 * hidden, w_hr.shape[0]):
       raise ValueError(
         f"weight_hh{suffix} has shape {w_hh.shape} and weight_hr{suffix} {w_hr.shape};"
@@ -229,19 +228,19 @@ def to_torch(layers, *, prefix: str = "", cell=None) -> dict:
   for layer, params in enumerate(layers):
     directions = params if isinstance(params, Bidirectional) else (params,)
     for params_d, suffix in zip(directions, ("", "_reverse")):
+      if not isinstance(params_d, (LSTMParams, ProjectionLSTMParams, GRUParams)):
+        _refuse(params_d, "LSTMParams, ProjectionLSTMParams or GRUParams", "PyTorch")
       key = f"_l{layer}{suffix}"
       sd["weight_ih" + key] = np.asarray(params_d.w_ih).T.copy()
       sd["weight_hh" + key] = np.asarray(params_d.w_hh).T.copy()
-      if isinstance(params_d, (LSTMParams, ProjectionLSTMParams)):
+      if isinstance(params_d, GRUParams):
+        sd["bias_ih" + key] = np.asarray(params_d.b_ih).copy()
+        sd["bias_hh" + key] = np.asarray(params_d.b_hh).copy()
+      else:
         sd["bias_ih" + key] = np.asarray(params_d.b).copy()
         sd["bias_hh" + key] = np.zeros_like(sd["bias_ih" + key])
         if isinstance(params_d, ProjectionLSTMParams):
           sd["weight_hr" + key] = np.asarray(params_d.w_hr).T.copy()
-      elif isinstance(params_d, GRUParams):
-        sd["bias_ih" + key] = np.asarray(params_d.b_ih).copy()
-        sd["bias_hh" + key] = np.asarray(params_d.b_hh).copy()
-      else:
-        _refuse(params_d, "LSTMParams, ProjectionLSTMParams or GRUParams", "PyTorch")
   return {prefix + name: value for name, value in sd.items()}
 
 

@@ -50,8 +50,9 @@ class ResetBeforeGRUParams(NamedTuple):
 
   A type of its own because the same arrays compute another function in the reset-after
   form: PyTorch's or Flax's GRU weights (:class:`GRUParams`) given to a reset-before cell
-  are refused by every driver instead of running. Reset-before weights that are
-  :class:`GRUParams` convert with ``ResetBeforeGRUParams(*params)``.
+  are refused by ``recurrent.scan``, ``stack`` and ``trace`` (and the Flax layers built on
+  them) instead of running; ``cell.step`` itself does not check its params. Reset-before
+  weights that are :class:`GRUParams` convert with ``ResetBeforeGRUParams(*params)``.
 
   Attributes:
     w_ih: ``[I, 3H]`` input weights.
@@ -64,6 +65,13 @@ class ResetBeforeGRUParams(NamedTuple):
   w_hh: Array
   b_ih: Array
   b_hh: Array
+
+
+_checks.MISMATCH_HINTS["GRUParams", "ResetBeforeGRUParams"] = (
+  "GRUParams are reset-after weights (PyTorch's, Flax's, recurrent.gru(H)'s), which a"
+  " reset-before GRU would run as another function: use recurrent.gru(H) for them, or"
+  " recurrent.ResetBeforeGRUParams(*params) for reset-before weights"
+)
 
 
 class GRUState(NamedTuple):

@@ -200,7 +200,10 @@ def run(
     # Padding never reaches the cell: NaN or inf there would turn into NaN gradients
     # (0 * NaN) even though the held carry hides it from the outputs.
     xs = jnp.where(valid, xs, jnp.zeros_like(xs))
-  fast = None if keep_gates or isinstance(rec_mask, tuple) or noise is not None else cell.fast
+  # (No steps: the plain scan's gradient is the zeros; the fast path's loops need a first step.)
+  no_steps = isinstance(num_steps, int) and num_steps == 0
+  plain = keep_gates or isinstance(rec_mask, tuple) or noise is not None or no_steps
+  fast = None if plain else cell.fast
   remat = options.remat_every
   # The fast path can hand back batch-major outputs itself; the chunks of remat_every are
   # joined along time, so they stay time-major.

@@ -156,10 +156,10 @@ def test_with_every_checkpoint_damaged_the_run_starts_again_and_keeps_them_all(w
 
 def test_a_checkpoint_of_another_model_is_refused_and_left_in_place(copy):
   (copy / "config.json").unlink()  # no record of the old config: the checkpoint says it
-  before = files(copy / "checkpoints")
+  before = files(copy)
   with pytest.raises(config_lib.UserError, match=r"checkpoints/20 holds arrays of other shapes"):
     train(make_config(hidden_size=8), copy)
-  assert files(copy / "checkpoints") == before
+  assert files(copy) == before  # no config.json of the refused config left behind either
 
 
 # --- configs changed between runs ----------------------------------------------------------

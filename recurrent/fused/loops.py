@@ -41,7 +41,8 @@ def vary_like(tree, axes: frozenset):
     return tree
 
   def cast(leaf):
-    missing = tuple(a for a in axes if a not in varying_axes(leaf))
+    # Sorted: the same order in every process, whatever the set's.
+    missing = tuple(sorted(a for a in axes if a not in varying_axes(leaf)))
     if not missing:
       return leaf
     if hasattr(jax.lax, "pcast"):

@@ -111,9 +111,6 @@ def _recurrence_fwd(fast, plan, w_ih, xs, in_mask, w_hh, extra, carry, valid, ma
   pointwise, dtype, reverse, unroll = fast.pointwise, plan.dtype, plan.reverse, plan.unroll
   num_gates = plan.num_gates
   xp, pull = _project_rows(dtype, num_gates, w_ih, xs, in_mask)
-  if isinstance(xs.shape[0], int) and xs.shape[0] == 0:  # no steps: no stacks, no first row
-    out = _layouts.forward(fast, plan, w_ih, xs, in_mask, w_hh, extra, carry, valid, mask)
-    return out, (pull, w_hh, extra, None, None, None, xp, None, mask)
   h_mask = loops.as_mask(mask)
   sums = fast.sums_only and w_ih.dtype == w_hh.dtype
   # Step t reads its row from the loop's carry, writes the sums over it and reads row t + 1
@@ -152,10 +149,6 @@ def _recurrence_bwd(fast, plan, residuals, cotangents):
   pointwise, dtype, reverse, unroll = fast.pointwise, plan.dtype, plan.reverse, plan.unroll
   d_final, d_ys = cotangents
   d_mask = None if mask is None else jnp.zeros_like(mask)
-  if carries is None:  # no steps: the final carry is the initial one, nothing else is used
-    d_w_ih, d_xs, d_in_mask = pull(jnp.zeros_like(xp))
-    zeros = jax.tree.map(jnp.zeros_like, (w_hh, extra))
-    return d_w_ih, d_xs, d_in_mask, *zeros, d_final, None, d_mask
   time_axis = d_ys.ndim - 2 if plan.batch_major else 0
   w_hh_t = w_hh.T
   num_gates = plan.num_gates

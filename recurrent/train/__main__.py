@@ -6,9 +6,11 @@ ptb:zaremba_small``), or a config file of your own, FILE or FILE:VARIANT (``--co
 path/to/mine.py:tiny``); without it, it trains the default config, an LSTM on the adding
 problem.
 
-A user error (a bad config value, a missing or unreadable data file, a workdir that cannot
-be written, a config changed in a workdir) prints one line, ``error: ...``, naming the field
-or the file, and exits with status 2; ``--debug`` shows the traceback instead.
+A user error (a config value out of its range, a missing or unreadable data file, a workdir
+that cannot be written, a config changed in a workdir) prints one line, ``error: ...``,
+naming the field or the file, and exits with status 2; ``--debug`` shows the traceback
+instead. A flag that does not parse (``--config.hidden_size=abc``, an unknown ``--config``)
+is absl's ``FATAL Flags parsing error: ...``, status 1.
 """
 
 import pathlib
@@ -93,7 +95,7 @@ debug_flag = flags.DEFINE_bool(
 
 def _error_line(error: BaseException) -> str:
   """One line for a user error: its message, or an OSError's reason and file."""
-  if isinstance(error, OSError) and not isinstance(error, UserError) and error.strerror:
+  if isinstance(error, OSError) and error.strerror:
     files = [f for f in (error.filename, error.filename2) if f is not None]
     return f"{error.strerror}: {' -> '.join(str(f) for f in files)}" if files else error.strerror
   return " ".join(str(error).split("\n")).strip() or type(error).__name__

@@ -97,11 +97,10 @@ def warn(message: str) -> None:
 
 
 def checkpoint_steps(directory) -> list:
-  """The steps of the checkpoint folders (named by their step) in ``directory``, sorted."""
+  """The steps of the checkpoints in ``directory`` (folders named by their step; not the
+  temporaries orbax is still writing, nor the ``<step>.corrupt-<n>`` moved aside), sorted."""
   directory = pathlib.Path(directory)
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+  return sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
 
 
 def _shapes(tree) -> list:

@@ -31,7 +31,6 @@ import optax
 import orbax.checkpoint as ocp
 from flax import struct
 from flax.training import train_state
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from recurrent.train import config as _config
@@ -238,12 +237,6 @@ def evaluate(state, batches: Iterable[dict], task: tasks.Task, sharding, eval_st
   return {**task.metrics(total / count), **tasks.extra_metrics(extra)}
 
 
-def _gather(x):
-  """A global array's whole value on every process (its rows sit on several processes' devices
-  in a multi-process run)."""
-  return multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x
-
-
 def mc_evaluate(state, batches, task, sharding, mc_step, key, carry, num_samples, chunk, bar):
   """MC dropout over ``batches()``: the target's probability averaged over ``num_samples``
   passes (Gal & Ghahramani 2016), ``chunk`` passes at a time; returns the task's metrics.
@@ -268,7 +261,7 @@ def mc_evaluate(state, batches, task, sharding, mc_step, key, carry, num_samples
       if first == 0:
         weights.append(np.asarray(batch.get("weights", np.ones(batch["targets"].shape))))
       log_sum, c = mc_step(state, c, sharding.put_batch(batch), keys)
-      chunk_sums.append(np.asarray(_gather(log_sum), np.float64))
+      chunk_sums.append(np.asarray(log_sum, np.float64))
       bar.update(1)
     sums = chunk_sums if sums is None else [np.logaddexp(a, b) for a, b in zip(sums, chunk_sums)]
   log_mean = np.concatenate([s.ravel() for s in sums]) - np.log(num_samples)
@@ -284,6 +277,11 @@ def _optimizer_structure(config):
 
 def _value(value) -> str:
   return repr(value) if isinstance(value, str) else str(value)
+
+
+def _listing(changed) -> str:
+  """``name: saved -> new, ...`` of ``[(name, saved, new), ...]``."""
+  return ", ".join(f"{name}: {_value(old)} -> {_value(new)}" for name, old, new in changed)
 
 
 def check_config(workdir, config, total_steps: int, allow_changes: bool = False) -> list:
@@ -322,8 +320,7 @@ def check_config(workdir, config, total_steps: int, allow_changes: bool = False)
     old = ml_collections.ConfigDict({**base, **{k: v for k, v in saved.items() if k in base}})
     if _optimizer_structure(old) != _optimizer_structure(config):
       fixed += optimizer
-  listing = ", ".join(f"{name}: {_value(old)} -> {_value(new)}" for name, old, new in changed)
-  head = f"workdir {workdir} was trained with another config (its config.json): {listing}"
+  head = f"workdir {workdir} was trained with another config (its config.json): {_listing(changed)}"
   if fixed:
     raise _config.ConfigChangeError(
       f"{head}; {', '.join(fixed)} cannot change in a workdir (the checkpoint's shapes or"
@@ -461,10 +458,11 @@ def train_and_evaluate(
   # In a multi-process run, a refusal in one process stops them all; and every process has
   # read config.json (together's gather is a barrier) before process 0 rewrites it.
   task, total_steps, changed = together(check)
+  saved_config = workdir / "config.json"
+  previous = saved_config.read_bytes() if primary and saved_config.is_file() else None
   together(lambda: _write_config(workdir, config) if primary else None)
   if changed:
-    listing = ", ".join(f"{name}: {_value(old)} -> {_value(new)}" for name, old, new in changed)
-    warn(f"continuing {workdir} with a changed config: {listing}")
+    warn(f"continuing {workdir} with a changed config: {_listing(changed)}")
 
   sharding = _sharding(devices)
   seed_key = jax.random.key(config.seed)
@@ -473,12 +471,19 @@ def train_and_evaluate(
   shardings = sharding.state(state)
   state = jax.device_put(state, shardings)
 
-  manager, state, start = restore_latest(
-    (workdir / "checkpoints").absolute(),
-    ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
-    state,
-    shardings,
-  )
+  try:
+    manager, state, start = restore_latest(
+      (workdir / "checkpoints").absolute(),
+      ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+      state,
+      shardings,
+    )
+  except _config.UserError:  # checkpoints of another model: the workdir stays as it was
+    if primary and previous is not None:
+      records.write_atomically(saved_config, lambda f: f.write(previous))
+    elif primary:
+      saved_config.unlink()
+    raise
   log = records.MetricsLog(workdir / "metrics.jsonl", resume_step=start, writes=primary)
 
   train_step = jax.jit(
@@ -497,7 +502,8 @@ def train_and_evaluate(
   mc_step = jax.jit(
     make_mc_step(task),
     in_shardings=(shardings, mc_carry, sharding.batch, sharding.replicated),
-    out_shardings=(sharding.batch, mc_carry),
+    # The sums come back whole to every process (np.asarray of rows on other hosts fails).
+    out_shardings=(sharding.replicated, mc_carry),
   )
 
   def zero_carry():
