@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from recurrent.train import configs, tasks
+from tests.workdirs import checkpoint_steps, read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "recurrent.train"]
@@ -66,19 +67,6 @@ def load_config(name, variant=None):
   return configs.get_config(name, variant)
 
 
-def read_lines(workdir):
-  """metrics.jsonl, every line of which must be a complete JSON record."""
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-def checkpoint_steps(workdir):
-  """Finished orbax checkpoints: folders named by their step (temporaries are not)."""
-  folder = workdir / "checkpoints"
-  return (
-    sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
-  )
-
-
 def restore_params(workdir, step):
   tree = ocp.StandardCheckpointer().restore(
     (workdir / "checkpoints" / str(step) / "default").absolute()
@@ -112,7 +100,7 @@ def test_copy_tiny_run_leaves_its_files(tmp_path):
   expected = load_config("copy", "tiny")
   expected.progress = False
   assert json.loads((workdir / "config.json").read_text()) == json.loads(expected.to_json())
-  records = read_lines(workdir)
+  records = read_metrics(workdir)
   assert [(r["step"], r["split"]) for r in records] == [
     (5, "train"),
     (10, "train"),
@@ -198,7 +186,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
   assert eval_steps[0] == resumed_from + every
 
   # One complete record per step and split, in order, as if it had never stopped.
-  records, expected = read_lines(killed), read_lines(whole)
+  records, expected = read_metrics(killed), read_metrics(whole)
   log_every = load_config("adding", "tiny").log_every
   assert [r["step"] for r in records if r["split"] == "train"] == list(
     range(log_every, steps + 1, log_every)
@@ -223,7 +211,7 @@ def test_default_config_solves_the_adding_problem(default_run):
     pytest.fail("the default config ran past 900s")
   assert proc.returncode == 0, log.read_text()[-3000:]
   config = load_config("adding")
-  evals = [r for r in read_lines(workdir) if r["split"] == "eval"]
+  evals = [r for r in read_metrics(workdir) if r["split"] == "eval"]
   assert [r["step"] for r in evals] == list(range(500, config.train_steps + 1, 500))
   mse = evals[-1]["mse"]
   assert mse < 0.01

@@ -16,6 +16,7 @@ import pytest
 
 from recurrent.train import config as config_lib
 from recurrent.train import configs, loop
+from tests.workdirs import files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOT_UTF8 = b"some text, then a byte no UTF-8 text has: \xff and more"
@@ -38,11 +39,6 @@ def make_config(name="adding", **overrides):
   c.progress = False
   c.update(overrides)
   return c
-
-
-def files(folder):
-  folder = pathlib.Path(folder)
-  return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 # --- the CLI --------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import pytest
 
 from recurrent.train import config as config_lib
 from recurrent.train import configs, loop, tasks, text
+from tests.workdirs import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -82,11 +83,6 @@ def optax_promotion():
 def train(config, workdir, **kwargs):
   with optax_promotion():
     return loop.train_and_evaluate(config, workdir, **kwargs)
-
-
-def read_metrics(workdir):
-  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-  return [json.loads(line) for line in lines]  # every line complete
 
 
 def split_records(records, split):

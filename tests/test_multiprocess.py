@@ -10,7 +10,6 @@ corpus (carries between windows, time-invariant dropout, MC dropout evaluation a
 sampling at the end), the latter killed with SIGKILL mid-run in both processes and resumed.
 """
 
-import json
 import os
 import pathlib
 import shutil
@@ -26,6 +25,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from recurrent.train import records
+from tests.workdirs import checkpoint_steps, read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--config", "adding:tiny", "--config.progress=False"]
@@ -91,10 +91,6 @@ def run_two_processes(workdir, logs, args=ARGS):
   for proc, text in zip(procs, texts):
     assert proc.returncode == 0, text[-3000:]
   return texts
-
-
-def read_metrics(workdir):
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def params(workdir, step):
@@ -180,13 +176,6 @@ def write_corpus(folder):
     text = "".join(" ".join(rng.choice(words, size=12)) + "\n" for _ in range(lines))
     (folder / f"ptb.{name}.txt").write_text(text)
   (folder / "ptb.train.txt").write_text((folder / "ptb.train.txt").read_text() + " ".join(words))
-
-
-def checkpoint_steps(workdir):
-  folder = workdir / "checkpoints"
-  return (
-    sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
-  )
 
 
 def test_a_language_model_killed_in_both_processes_resumes_as_one_process_on_four_devices(

@@ -9,7 +9,6 @@ refused run, which must be the bytes after it; the shapes of the train state tha
 """
 
 import json
-import pathlib
 import shutil
 
 import jax
@@ -19,6 +18,7 @@ import pytest
 
 from recurrent.train import config as config_lib
 from recurrent.train import configs, loop, tasks
+from tests.workdirs import files, read_metrics
 
 STEPS = 20  # adding:tiny, checkpoints every 5 steps, all kept
 
@@ -36,18 +36,8 @@ def train(config, workdir, **kwargs):
     return loop.train_and_evaluate(config, workdir, **kwargs)
 
 
-def files(folder):
-  """``{relative path: bytes}`` of every file under ``folder``."""
-  folder = pathlib.Path(folder)
-  return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
 def without_speed(records):
   return [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in records]
-
-
-def read_metrics(workdir):
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
