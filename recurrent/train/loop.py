@@ -34,7 +34,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from recurrent.train import config as _config
-from recurrent.train import download, records, sampling, tasks, text
+from recurrent.train import records, sampling, tasks
 from recurrent.train.checkpoints import (
   any_process,
   checkpoint_steps,
@@ -343,52 +343,6 @@ def check_config(workdir, config, total_steps: int, allow_changes: bool = False)
   return changed
 
 
-def _check_windows(config, splits: dict, unit: str) -> None:
-  """Raises UserError if a split of ``{description: ids}`` is too short for one window."""
-  need = config.batch_size * (config.seq_len + 1)
-  for where, ids in splits.items():
-    if len(ids) < need:
-      raise _config.UserError(
-        f"{where} has {len(ids)} {unit}, too few for one window of batch_size"
-        f" {config.batch_size} x (seq_len {config.seq_len} + 1) = {need}; give more text or"
-        " a smaller batch_size or seq_len"
-      )
-
-
-def load_task(config) -> tasks.Task:
-  """:func:`recurrent.train.tasks.make`, a language model's data checked first.
-
-  Raises:
-    OSError: a data file is missing or cannot be read (the message names it).
-    UserError: a data file is empty, not UTF-8, or too short for one window of
-      ``batch_size`` streams of ``seq_len + 1`` tokens (the message names it and the split).
-  """
-  if config.task == "chars":
-    path = pathlib.Path(config.data_dir).expanduser()
-    corpus = text.char_corpus(path)
-    _check_windows(
-      config,
-      {
-        f"{path} (its training split, the first 90%)": corpus.train,
-        f"{path} (its validation split, the last 10%)": corpus.valid,
-      },
-      "characters",
-    )
-    return tasks.language_model(config, corpus.train, corpus.valid, corpus.vocab)
-  if config.task == "ptb":
-    if config.download:
-      download.fetch_ptb(config.data_dir)
-    corpus = text.ptb(config.data_dir)
-    directory = pathlib.Path(config.data_dir).expanduser()
-    _check_windows(
-      config,
-      {directory / f"ptb.{split}.txt": getattr(corpus, split) for split in text.PTB_SPLITS},
-      "words",
-    )
-    return tasks.language_model(config, corpus.train, corpus.valid, corpus.vocab, corpus.test)
-  return tasks.make(config)
-
-
 def _write_config(workdir: pathlib.Path, config) -> None:
   """Creates ``workdir`` and writes ``config.json``; on failure removes the folders it
   created and raises UserError naming the workdir."""
@@ -451,7 +405,7 @@ def train_and_evaluate(
 
   def check():
     _config.validate(config, len(devices))
-    task = load_task(config)
+    task = tasks.make(config)
     total_steps = config.epochs * task.steps_per_epoch if config.epochs else config.train_steps
     return task, total_steps, check_config(workdir, config, total_steps, allow_changes)
 

@@ -9,6 +9,7 @@ copy task's accuracy) come as sums and counts too, from the ``extra`` of a :clas
 """
 
 import math
+import pathlib
 from typing import Callable, Iterable, Mapping, NamedTuple
 
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import numpy as np
 import optax
 
 from recurrent.train import batching, download, models, synthetic, text
+from recurrent.train import config as _config
 
 
 def _no_extra(outputs, batch) -> dict:
@@ -179,15 +181,43 @@ def _synthetic(config, make_batch, model, loss, metric, **fields) -> Task:
   )
 
 
+def _check_windows(config, splits: dict, unit: str) -> None:
+  """Raises UserError if a split of ``{description: ids}`` is too short for one window."""
+  need = config.batch_size * (config.seq_len + 1)
+  for where, ids in splits.items():
+    if len(ids) < need:
+      raise _config.UserError(
+        f"{where} has {len(ids)} {unit}, too few for one window of batch_size"
+        f" {config.batch_size} x (seq_len {config.seq_len} + 1) = {need}; give more text or"
+        " a smaller batch_size or seq_len"
+      )
+
+
 def make(config) -> Task:
-  """The task ``config.task`` names, with its data loaded and its model built."""
+  """The task ``config.task`` names, with its data loaded (a language model's checked first)
+  and its model built.
+
+  Raises:
+    OSError: a data file is missing or cannot be read (the message names it).
+    UserError: a data file is empty, not UTF-8, or too short for one window of
+      ``batch_size`` streams of ``seq_len + 1`` tokens (the message names it and the split).
+  """
   if config.task == "ptb":
     if config.download:
       download.fetch_ptb(config.data_dir)
     corpus = text.ptb(config.data_dir)
+    directory = pathlib.Path(config.data_dir).expanduser()
+    splits = {directory / f"ptb.{split}.txt": getattr(corpus, split) for split in text.PTB_SPLITS}
+    _check_windows(config, splits, "words")
     return language_model(config, corpus.train, corpus.valid, corpus.vocab, corpus.test)
   if config.task == "chars":
-    corpus = text.char_corpus(config.data_dir)
+    path = pathlib.Path(config.data_dir).expanduser()
+    corpus = text.char_corpus(path)
+    splits = {
+      f"{path} (its training split, the first 90%)": corpus.train,
+      f"{path} (its validation split, the last 10%)": corpus.valid,
+    }
+    _check_windows(config, splits, "characters")
     return language_model(config, corpus.train, corpus.valid, corpus.vocab)
   if config.task == "adding":
     data = {
