@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections.config_flags import config_flags as _ml_config_flags
 
 from recurrent.train import configs
-from recurrent.train.config import UserError, fields
+from recurrent.train.config import FIXED_FIELDS, RUNTIME_FIELDS, UserError, fields
 from recurrent.train.loop import train_and_evaluate
 from recurrent.train.records import MetricsLog
 
@@ -84,9 +84,8 @@ allow_changes_flag = flags.DEFINE_bool(
   False,
   "Continue the run in --workdir with a config that differs from its config.json (say, a"
   " new learning_rate or more train_steps). Fields that change the checkpoint's shapes or"
-  " the data (task, data_dir, seed, seq_len, cell, hidden_size, num_layers, embed_size,"
-  " batch_size, ...) cannot change even so; progress, max_train_minutes, mc_chunk,"
-  " checkpoint_every, keep_checkpoints and download may change without it.",
+  f" the data ({', '.join(FIXED_FIELDS)}) cannot change even so;"
+  f" {', '.join(RUNTIME_FIELDS)} may change without it.",
 )
 debug_flag = flags.DEFINE_bool(
   "debug", False, "On a user error, show the traceback instead of the one-line message."

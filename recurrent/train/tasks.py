@@ -98,22 +98,25 @@ def _model(config, num_outputs: int, vocab_size: int = 0, readout: str = "all"):
   )
 
 
+def _weighted_sum(values, batch):
+  """``(sum, count)`` of per-token ``values [B, T]``, weighted by ``batch['weights']`` if
+  the batch has them."""
+  weights = batch.get("weights")
+  if weights is None:
+    return values.sum(), jnp.asarray(values.size, values.dtype)
+  return (values * weights).sum(), weights.sum().astype(values.dtype)
+
+
 def _cross_entropy(logits, batch):
   """Summed token cross-entropy ``[B, T, V]`` vs ``[B, T]``, weighted if the batch says."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-  weights = batch.get("weights")
-  if weights is None:
-    return losses.sum(), jnp.asarray(losses.size, losses.dtype)
-  return (losses * weights).sum(), weights.sum().astype(losses.dtype)
+  return _weighted_sum(losses, batch)
 
 
 def _accuracy(logits, batch) -> dict:
   """``{'accuracy': (sum, count)}``: the argmax's hits, weighted as the loss is."""
   hits = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(logits.dtype)
-  weights = batch.get("weights")
-  if weights is None:
-    return {"accuracy": (hits.sum(), jnp.asarray(hits.size, hits.dtype))}
-  return {"accuracy": ((hits * weights).sum(), weights.sum().astype(hits.dtype))}
+  return {"accuracy": _weighted_sum(hits, batch)}
 
 
 def _squared_error(outputs, batch):
